@@ -1,0 +1,34 @@
+# The two commands: `make demo` and `make test`. Both set up first when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+SETUP_INPUTS := scripts/setup.sh scripts/build_interfaces.sh requirements.txt constraints.txt \
+	setup.py setup.cfg package.xml $(shell find ros2_ws/src -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint bench clean distclean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/llava3d-ros demo --out demo_out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/grounding.py
+
+clean:
+	rm -rf build demo_out .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

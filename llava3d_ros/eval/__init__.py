@@ -1,0 +1,1 @@
+"""Evaluation: scene synthesis, rosbag writing and replay, metrics and reports."""

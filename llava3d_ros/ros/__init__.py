@@ -1,0 +1,1 @@
+"""rclpy glue: message conversions, RGB-D sync, TF, nodes, action servers, client."""

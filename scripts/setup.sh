@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-shot, idempotent environment setup for a Debian 12 / Python 3.11 machine with
+# no ROS installed: apt packages, .venv with torch + ROS 2 Jazzy wheels + the rest,
+# the interface packages built into the venv, and llava3d_ros installed editable.
+# `make setup` calls this only when one of its inputs changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+start=$(date +%s)
+log() { printf '[setup %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+# --- apt: compilers for the interface build, EGL/Mesa for headless rendering.
+apt_pkgs=(cmake g++ make git python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglu1-mesa)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- venv and pip packages.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# torch first, from the machine's local CPU build; the constraint keeps it there.
+"$VENV/bin/python" -c 'import torch' 2>/dev/null || { log "pip: torch"; "${pip[@]}" install -c constraints.txt torch==2.13.0; }
+log "pip: requirements"
+"${pip[@]}" install -c constraints.txt -r requirements.txt
+
+# --- ROS 2 interface packages, built into the venv (nothing to source at run time).
+log "building interface packages"
+mkdir -p build/ros2_ws
+scripts/build_interfaces.sh "$VENV" build/ros2_ws tf2_msgs llava3d_interfaces
+
+# --- the package itself, editable, with the llava3d-ros console command.
+log "pip: llava3d_ros (editable)"
+"${pip[@]}" install -c constraints.txt --no-deps --no-build-isolation -e .
+
+"$VENV/bin/python" - <<'PY'
+import torch, rclpy  # noqa: F401
+from llava3d_interfaces.action import Ground  # noqa: F401
+from tf2_msgs.msg import TFMessage  # noqa: F401
+assert torch.__version__.startswith("2.13.0"), torch.__version__
+PY
+log "done"
