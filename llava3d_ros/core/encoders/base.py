@@ -1,0 +1,116 @@
+"""Encoder backend interface shared by every vision / text model the memory can use.
+
+An image encoder turns RGB frames into a grid of patch features. Every backend feeds
+the network the *whole* frame resized to a fixed input size (no centre crop), so each
+patch covers a known rectangle of the source image; `PatchGeometry` says which, and
+the lifting step uses it to give every patch a 3D point.
+
+A backend may return two feature kinds per patch, keyed by name:
+- ``"vision"``: the backbone's patch features (for LLaVA-3D: CLIP layer -2, 1024-d),
+  what the language-model tier consumes;
+- ``"ground"``: features in the text encoder's embedding space, what grounding scores.
+One forward pass gives both, so the memory never re-encodes images per query.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+VISION = "vision"
+GROUND = "ground"
+
+
+class EncoderError(RuntimeError):
+    """A model could not be loaded or run (missing files, bad shapes, corrupt weights)."""
+
+
+@dataclass(frozen=True)
+class PatchGeometry:
+    """How network patches map onto source-image pixels (the image is resized, not cropped)."""
+
+    input_height: int  # pixels the network sees
+    input_width: int
+    patch_size: int  # network patch edge in input pixels
+    grid_height: int  # patches per column / row
+    grid_width: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_height * self.grid_width
+
+    def patch_pixel_bounds(self, image_height: int, image_width: int) -> np.ndarray:
+        """Source-pixel rectangle of every patch: (grid_h, grid_w, 4) int [row0, row1, col0, col1).
+
+        Rows/cols are half-open; patches tile the whole image exactly (edges rounded so
+        no pixel is lost or shared)."""
+        rows = np.round(np.linspace(0, image_height, self.grid_height + 1)).astype(np.int64)
+        cols = np.round(np.linspace(0, image_width, self.grid_width + 1)).astype(np.int64)
+        out = np.empty((self.grid_height, self.grid_width, 4), dtype=np.int64)
+        out[..., 0] = rows[:-1, None]
+        out[..., 1] = rows[1:, None]
+        out[..., 2] = cols[None, :-1]
+        out[..., 3] = cols[None, 1:]
+        return out
+
+
+class ImageEncoder(ABC):
+    """Frames in, patch features out. Implementations must be safe to call from one thread
+    at a time; batching is the caller's choice (the TensorRT backend fixes the batch size)."""
+
+    name: str
+    geometry: PatchGeometry
+    feature_dims: dict[str, int]  # e.g. {"vision": 1024, "ground": 768}
+    device: torch.device
+
+    @abstractmethod
+    def encode(self, images: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        """RGB uint8 images (H, W, 3), any size, -> {kind: (B, grid_h, grid_w, C) float tensor}.
+
+        Tensors stay on ``self.device``; callers move them if they need to."""
+
+    @property
+    def max_batch_size(self) -> int:
+        """Largest batch one call accepts (engines built for a fixed batch override this)."""
+        return 64
+
+
+class TextEncoder(ABC):
+    """Text in, L2-normalised embeddings in the same space as the ``"ground"`` features."""
+
+    name: str
+    dim: int
+
+    @abstractmethod
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """-> (N, dim) float32 tensor on the CPU, each row unit length."""
+
+
+@dataclass
+class EncoderBundle:
+    """What a model configuration provides: an image encoder and, for grounding, a text encoder."""
+
+    image: ImageEncoder
+    text: TextEncoder | None = None
+
+    @property
+    def can_ground(self) -> bool:
+        return self.text is not None and GROUND in self.image.feature_dims
+
+
+def check_images(images: Sequence[np.ndarray]) -> None:
+    """Clear errors for malformed frames before they reach a network."""
+    if len(images) == 0:
+        raise ValueError("encode() needs at least one image")
+    for i, img in enumerate(images):
+        if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+            shape = getattr(img, "shape", None)
+            raise ValueError(f"image {i}: expected an (H, W, 3) RGB array, got shape {shape}")
+        if img.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected uint8 pixels, got {img.dtype}")
+        if img.shape[0] < 2 or img.shape[1] < 2:
+            raise ValueError(f"image {i}: too small ({img.shape[0]}x{img.shape[1]})")
