@@ -1,0 +1,351 @@
+"""The scene pipeline: frames in (RGB, metric depth, intrinsics, camera pose), a rolling
+3D patch memory inside, grounding and spatial answers out. The ROS node, the bag
+evaluator and offline tools all drive this one class, so behaviour is identical.
+
+Thread model: one ingest thread calls ``process_frame``; any number of query threads
+call ``ground``/``ask_spatial`` concurrently. The memory has its own lock and queries
+work on consistent copies of the voxels they need, so queries never block ingest for
+longer than the copy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from llava3d_ros.core.encoders.base import GROUND, EncoderBundle
+from llava3d_ros.core.geometry import CameraIntrinsics
+from llava3d_ros.core.grounding import Grounder, GroundingConfig, GroundingResult
+from llava3d_ros.core.keyframes import KeyframePolicy, KeyframeSelector
+from llava3d_ros.core.lifting import lift_patches
+from llava3d_ros.core.memory import IntegrateStats, VoxelPatchMemory
+from llava3d_ros.core.questions import ParsedQuestion, SpatialAnswer, answer_question
+from llava3d_ros.core.spatial import Box3D, Viewpoint
+
+# Outcome codes shared by every front end (the node maps them to action constants).
+OK = "ok"
+EMPTY_MEMORY = "empty_memory"
+NO_MATCH = "no_match"
+BAD_QUERY = "bad_query"
+MODEL_UNAVAILABLE = "model_unavailable"
+CANCELED = "canceled"
+
+
+class FrameError(ValueError):
+    """A frame that cannot be integrated; ``reason`` is the drop-counter key."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    voxel_size: float = 0.05
+    max_voxels: int = 100_000
+    max_radius_m: float = 0.0  # 0 = unbounded; else evict beyond this from the robot
+    max_age_s: float = 0.0  # 0 = keep forever
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    feature_dtype: str = "float32"  # float16 halves memory on GPUs
+
+
+@dataclass(frozen=True)
+class LiftConfig:
+    min_valid_fraction: float = 0.25  # patches with fewer valid depth pixels are dropped
+    min_depth_m: float = 0.1
+    max_depth_m: float = 8.0  # beyond this depth sensors are too noisy to place patches
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    max_query_chars: int = 512
+    default_max_results: int = 5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    encoder: Mapping[str, Any] = field(default_factory=dict)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    lifting: LiftConfig = field(default_factory=LiftConfig)
+    keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
+        """Nested dict (e.g. from YAML) -> config; unknown keys are errors, not ignored."""
+        sections = {
+            "memory": MemoryConfig,
+            "lifting": LiftConfig,
+            "keyframes": KeyframePolicy,
+            "query": QueryConfig,
+        }
+        known = {"encoder", "grounding", *sections}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(
+                f"unknown pipeline config sections {sorted(unknown)}; known {sorted(known)}"
+            )
+        kwargs: dict[str, Any] = {"encoder": dict(d.get("encoder", {}))}
+        for name, section in sections.items():
+            kwargs[name] = _dataclass_from(section, d.get(name, {}), name)
+        kwargs["grounding"] = GroundingConfig.from_dict(dict(d.get("grounding", {})))
+        return cls(**kwargs)
+
+
+def _dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    names = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known {sorted(names)}")
+    out = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        try:
+            out[key] = type(default)(value) if default is not None else value
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}.{key}: cannot use {value!r}: {exc}") from exc
+    return cls(**out)
+
+
+@dataclass
+class FrameOutcome:
+    keyframe: str | None  # why the frame was integrated, None if skipped
+    patches: int = 0  # patches lifted to 3D
+    integrate: IntegrateStats | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class GroundOutcome:
+    code: str
+    message: str
+    boxes: list[Box3D]
+    memory_voxels: int
+    timings: dict[str, float] = field(default_factory=dict)
+    result: GroundingResult | None = None  # per-voxel scores, for visualisation
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class ScenePipeline:
+    def __init__(self, config: PipelineConfig, bundle: EncoderBundle):
+        self.config = config
+        self.bundle = bundle
+        mc = config.memory
+        self.memory = VoxelPatchMemory(
+            feature_dims=bundle.image.feature_dims,
+            voxel_size=mc.voxel_size,
+            max_voxels=mc.max_voxels,
+            max_radius=mc.max_radius_m or None,
+            max_age_s=mc.max_age_s or None,
+            device=_resolve_device(mc.device),
+            feature_dtype=getattr(torch, mc.feature_dtype),
+        )
+        self.grounder: Grounder | None = None
+        if bundle.can_ground and bundle.text is not None:
+            self.grounder = Grounder.from_text_encoder(bundle.text, config.grounding)
+        self.keyframes = KeyframeSelector(config.keyframes)
+        self._text_lock = threading.Lock()  # text encoders are not re-entrant
+        self._ingest_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ ingest
+
+    def process_frame(
+        self,
+        rgb: np.ndarray,
+        depth_m: np.ndarray,
+        intrinsics: CameraIntrinsics,
+        t_map_camera: np.ndarray,
+        stamp_s: float,
+        robot_position: np.ndarray | None = None,
+        force: bool = False,
+    ) -> FrameOutcome:
+        """Integrate one RGB-D frame if it is a keyframe (or ``force``)."""
+        if rgb.shape[:2] != depth_m.shape[:2]:
+            raise FrameError(
+                "size_mismatch",
+                f"colour is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
+                f"{depth_m.shape[1]}x{depth_m.shape[0]}; register depth to colour",
+            )
+        if (intrinsics.height, intrinsics.width) != tuple(depth_m.shape[:2]):
+            raise FrameError(
+                "intrinsics_mismatch",
+                f"camera info is {intrinsics.width}x{intrinsics.height} but the images are "
+                f"{depth_m.shape[1]}x{depth_m.shape[0]}",
+            )
+        if not np.all(np.isfinite(t_map_camera)):
+            raise FrameError("bad_pose", "camera pose has non-finite values")
+        with self._ingest_lock:
+            reason = "forced" if force else self.keyframes.check(t_map_camera, stamp_s)
+            if reason is None:
+                return FrameOutcome(keyframe=None)
+            timings: dict[str, float] = {}
+            t0 = time.perf_counter()
+            lc = self.config.lifting
+            depth = np.where(
+                (depth_m >= lc.min_depth_m) & (depth_m <= lc.max_depth_m), depth_m, np.nan
+            ).astype(np.float32)
+            lifted = lift_patches(
+                depth,
+                intrinsics,
+                self.bundle.image.geometry,
+                t_map_camera,
+                min_valid_fraction=lc.min_valid_fraction,
+            )
+            timings["lift"] = time.perf_counter() - t0
+            if len(lifted) == 0:
+                # Nothing to place (all depth invalid): not a keyframe, so a later
+                # frame from the same pose still gets its chance.
+                raise FrameError("no_valid_depth", "no patch has enough valid depth pixels")
+            t0 = time.perf_counter()
+            encoded = self.bundle.image.encode([rgb])
+            timings["encode"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            idx = torch.as_tensor(lifted.patch_index, dtype=torch.long)
+            feats = {}
+            for kind, grid in encoded.items():
+                flat = grid[0].reshape(-1, grid.shape[-1])
+                feats[kind] = flat.index_select(0, idx.to(flat.device)).to(self.memory.device)
+            stats = self.memory.integrate(
+                torch.as_tensor(lifted.points, device=self.memory.device),
+                feats,
+                stamp=stamp_s,
+                robot_position=robot_position,
+            )
+            timings["fuse"] = time.perf_counter() - t0
+            self.keyframes.accept(t_map_camera, stamp_s)
+            return FrameOutcome(reason, len(lifted), stats, timings)
+
+    # ------------------------------------------------------------------ queries
+
+    def check_query(self, text: str) -> str | None:
+        """Why ``text`` is not a usable query, or None."""
+        stripped = text.strip()
+        if not stripped:
+            return "the query is empty"
+        limit = self.config.query.max_query_chars
+        if len(stripped) > limit:
+            return f"the query has {len(stripped)} characters; the limit is {limit}"
+        return None
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        if self.bundle.text is None:
+            raise RuntimeError("no text encoder is configured")
+        with self._text_lock:
+            return self.bundle.text.encode_text([text])[0]
+
+    def ground(
+        self,
+        query: str,
+        max_results: int = 0,
+        min_score: float = 0.0,
+        cancel: Callable[[], bool] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> GroundOutcome:
+        """Text -> 3D boxes. ``max_results``/``min_score`` <= 0 use the configured defaults."""
+        timings: dict[str, float] = {}
+        voxels = len(self.memory)
+        problem = self.check_query(query)
+        if problem:
+            return GroundOutcome(BAD_QUERY, problem, [], voxels)
+        if self.grounder is None:
+            return GroundOutcome(
+                MODEL_UNAVAILABLE,
+                f"encoder backend {self.config.encoder.get('backend', '?')!r} has no "
+                "text-aligned features; configure a grounding model",
+                [],
+                voxels,
+            )
+        if voxels == 0:
+            return GroundOutcome(EMPTY_MEMORY, "nothing has been integrated yet", [], 0)
+        stage = on_stage or (lambda _s, _p: None)
+        stage("encoding_text", 0.1)
+        t0 = time.perf_counter()
+        text = self.encode_text(query.strip())
+        timings["text"] = time.perf_counter() - t0
+        if cancel is not None and cancel():
+            return GroundOutcome(CANCELED, "cancelled", [], voxels, timings)
+        stage("scoring", 0.4)
+        t0 = time.perf_counter()
+        view = self.memory.snapshot_view([GROUND])
+        timings["snapshot"] = time.perf_counter() - t0
+        if len(view) == 0:
+            return GroundOutcome(EMPTY_MEMORY, "the memory was cleared", [], 0, timings)
+        if cancel is not None and cancel():
+            return GroundOutcome(CANCELED, "cancelled", [], len(view), timings)
+        max_results = max_results if max_results > 0 else self.config.query.default_max_results
+        result = self.grounder.ground(
+            text.to(view.centroids.device),
+            view.centroids,
+            view.features[GROUND],
+            view.counts,
+            view.voxel_size,
+            max_results=max_results,
+            min_score=min_score if min_score > 0 else None,
+            voxel_coords=view.coords,
+            label=query.strip(),
+        )
+        timings.update({f"ground_{k}": v for k, v in result.timings.items()})
+        stage("clustering", 0.9)
+        if result.no_match:
+            code = EMPTY_MEMORY if result.empty_memory else NO_MATCH
+            return GroundOutcome(code, result.reason, [], len(view), timings, result)
+        return GroundOutcome(OK, "", list(result.boxes), len(view), timings, result)
+
+    def ask_spatial(
+        self,
+        parsed: ParsedQuestion,
+        viewpoint: Viewpoint | None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> tuple[str, SpatialAnswer | None, str]:
+        """Ground every phrase of a parsed spatial question, then answer exactly.
+
+        -> (code, answer or None, message)."""
+        boxes: dict[str, list[Box3D]] = {}
+        for phrase in parsed.phrases:
+            if phrase in boxes:
+                continue
+            outcome = self.ground(phrase, cancel=cancel)
+            if outcome.code in (OK, NO_MATCH):
+                boxes[phrase] = outcome.boxes
+            else:
+                return outcome.code, None, outcome.message
+        answer = answer_question(parsed, boxes, viewpoint)
+        if answer.missing:
+            return NO_MATCH, answer, answer.text
+        return OK, answer, ""
+
+    # ------------------------------------------------------------------ memory admin
+
+    def clear(self) -> int:
+        with self._ingest_lock:
+            self.keyframes.reset()
+            return self.memory.clear()
+
+    def save(self, path: str) -> int:
+        return self.memory.save(path)
+
+    def load(self, path: str) -> int:
+        """Replace the memory with a snapshot; on any error the current one stays."""
+        loaded = VoxelPatchMemory.load(path, device=self.memory.device)
+        if loaded.feature_dims != self.memory.feature_dims:
+            raise ValueError(
+                f"snapshot features {loaded.feature_dims} do not match this encoder's "
+                f"{self.memory.feature_dims}"
+            )
+        with self._ingest_lock:
+            self.memory = loaded
+            self.keyframes.reset()
+        return len(loaded)
+
