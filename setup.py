@@ -19,5 +19,10 @@ setup(
     package_data={PACKAGE: ["py.typed"]},
     zip_safe=False,
     python_requires=">=3.10",
-    entry_points={"console_scripts": [f"llava3d-ros = {PACKAGE}.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            f"llava3d-ros = {PACKAGE}.cli:main",
+            f"llava3d_node = {PACKAGE}.ros.node:main",
+        ]
+    },
 )

@@ -19,7 +19,29 @@ def _add_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def _add_up(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", help="ROS 2 params file (YAML with a /** or node key)")
+    parser.add_argument("--log-level", default="info", help="ROS log level")
+    parser.add_argument(
+        "ros_args", nargs=argparse.REMAINDER, help="further ROS arguments, e.g. -r __ns:=/r1"
+    )
+
+
+def _add_params(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", default=None, help="include this backend's options")
+
+
 _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
+    "up": (
+        "llava3d_ros.ros.launcher:run",
+        "start the llava3d node with a params file (where `ros2 launch` is not available)",
+        _add_up,
+    ),
+    "params": (
+        "llava3d_ros.ros.params:print_params_yaml",
+        "print every node parameter with its default and description as a params file",
+        _add_params,
+    ),
     "info": (
         "llava3d_ros.envinfo:run",
         "print versions, the ROS 2 environment and the compute devices",

@@ -66,6 +66,8 @@ class LiftConfig:
 class QueryConfig:
     max_query_chars: int = 512
     default_max_results: int = 5
+    describe_radius_m: float = 0.15  # a point describes the memory within this radius
+    describe_vocabulary: tuple[str, ...] = ()  # names a described region is matched against
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ def _dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
     for key, value in values.items():
         default = getattr(cls(), key)
         try:
-            out[key] = type(default)(value) if default is not None else value
+            if isinstance(default, tuple):
+                out[key] = tuple(value)
+            else:
+                out[key] = type(default)(value) if default is not None else value
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}.{key}: cannot use {value!r}: {exc}") from exc
     return cls(**out)
@@ -326,6 +331,55 @@ class ScenePipeline:
             return NO_MATCH, answer, answer.text
         return OK, answer, ""
 
+    def describe_region(self, point: np.ndarray, size: np.ndarray) -> tuple[str, str, list[Box3D]]:
+        """Caption the memory at a point (size all zero) or inside an axis-aligned box,
+        from geometry and, with a grounding model, the closest vocabulary names.
+
+        -> (code, caption, [box of the described voxels])."""
+        qc = self.config.query
+        view = self.memory.snapshot_view([GROUND] if self.grounder is not None else [])
+        if len(view) == 0:
+            return EMPTY_MEMORY, "nothing has been integrated yet", []
+        centroids = view.centroids.double().cpu().numpy()
+        half = np.asarray(size, dtype=np.float64) / 2.0
+        if np.all(half == 0):
+            inside = np.linalg.norm(centroids - point, axis=1) <= qc.describe_radius_m
+            where = f"within {qc.describe_radius_m:.2f} m of {_fmt(point)}"
+        else:
+            inside = np.all(np.abs(centroids - point) <= half + 1e-9, axis=1)
+            where = f"inside the box at {_fmt(point)}"
+        if not inside.any():
+            return NO_MATCH, f"the memory holds nothing {where}", []
+        pts = centroids[inside]
+        counts = view.counts.cpu().numpy()[inside]
+        box = Box3D.from_min_max(
+            pts.min(axis=0) - self.memory.voxel_size / 2,
+            pts.max(axis=0) + self.memory.voxel_size / 2,
+            label="region",
+            score=1.0,
+            num_voxels=int(inside.sum()),
+        )
+        s = box.size
+        caption = (
+            f"A region about {s[0]:.2f} x {s[1]:.2f} x {s[2]:.2f} m centred at "
+            f"{_fmt(box.center)} ({int(inside.sum())} voxels, {int(counts.sum())} observations)"
+        )
+        names = list(qc.describe_vocabulary)
+        if self.grounder is not None and names and self.bundle.text is not None:
+            feats = view.features[GROUND][torch.as_tensor(inside)].float()
+            weights = torch.as_tensor(counts, dtype=torch.float32, device=feats.device)
+            mean = (feats * weights[:, None]).sum(0) / weights.sum()
+            with self._text_lock:
+                text = self.bundle.text.encode_text(names).to(mean.device)
+            sims = torch.nn.functional.cosine_similarity(text, mean[None], dim=1)
+            order = torch.argsort(sims, descending=True)[:3].tolist()
+            ranked = ", ".join(f"{names[i]} ({float(sims[i]):.2f})" for i in order)
+            box = Box3D(
+                box.center, box.size, 0.0, names[order[0]], float(sims[order[0]]), int(inside.sum())
+            )
+            caption += f"; it looks most like: {ranked}"
+        return OK, caption + ".", [box]
+
     # ------------------------------------------------------------------ memory admin
 
     def clear(self) -> int:
@@ -349,3 +403,6 @@ class ScenePipeline:
             self.keyframes.reset()
         return len(loaded)
 
+
+def _fmt(p: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.2f}" for v in p) + ")"

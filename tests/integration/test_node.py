@@ -1,0 +1,219 @@
+"""The llava3d node in its own process over real DDS: lifecycle, ingest of real RGB-D
+frames with TF, drops by reason for bad input, memory services, actions' error codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from llava3d_interfaces.action import Ask, Describe, Ground
+from llava3d_interfaces.msg import MemoryStats
+from llava3d_interfaces.srv import ClearMemory, LoadMemory, SaveMemory
+from rclpy.action import ActionClient
+
+from tests.rgbd_player import RgbdPlayer, middlebury_frame
+from tests.ros_harness import wait_future, wait_until
+
+S = 1_000_000_000
+
+
+def write_params(tmp_path: Path, **overrides: object) -> Path:
+    params = {
+        "qos_reliability": "reliable",
+        "stats_period_s": 0.1,
+        "cloud_period_s": 0.0,
+        "tf": {"timeout_s": 2.0},
+        "keyframes": {"min_translation_m": 0.05, "max_interval_s": 0.0},
+        "memory": {"voxel_size": 0.05},
+    }
+    for key, value in overrides.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})  # type: ignore[assignment]
+        node[leaf] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+class NodeUnderTest:
+    def __init__(self, client_side, start_process, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+        params = write_params(tmp_path, **overrides)
+        self.proc = start_process(
+            ["-m", "llava3d_ros.cli", "up", "--params", str(params)], name="llava3d"
+        )
+        node = client_side.node
+        self.node = node
+        self.stats: list[MemoryStats] = []
+        node.create_subscription(MemoryStats, "/llava3d/memory_stats", self.stats.append, 10)
+        self.ground = ActionClient(node, Ground, "/llava3d/ground")
+        self.ask = ActionClient(node, Ask, "/llava3d/ask")
+        self.describe = ActionClient(node, Describe, "/llava3d/describe")
+        self.player = RgbdPlayer(node)
+        assert self.ground.wait_for_server(timeout_sec=60.0), self.proc.log_text()
+        wait_until(self.player.subscribers_ready, 30.0, "node subscriptions")
+        wait_until(lambda: len(self.stats) > 0, 30.0, "memory stats")
+
+    def latest(self) -> MemoryStats:
+        return self.stats[-1]
+
+    def drops(self) -> dict[str, int]:
+        s = self.latest()
+        return dict(zip(s.drop_reasons, s.drop_counts, strict=True))
+
+    def service(self, srv_type, name: str, request):  # type: ignore[no-untyped-def]
+        client = self.node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=10.0)
+        return wait_future(client.call_async(request), 30.0, name)
+
+    def send(self, client, goal):  # type: ignore[no-untyped-def]
+        handle = wait_future(client.send_goal_async(goal), 10.0, "goal acceptance")
+        assert handle.accepted
+        return wait_future(handle.get_result_async(), 60.0, "result")
+
+
+@pytest.fixture
+def real_frame():  # type: ignore[no-untyped-def]
+    return middlebury_frame()
+
+
+def _feed(n: NodeUnderTest, frame, count: int, start_s: int = 10, **kw) -> None:  # type: ignore[no-untyped-def]
+    n.player.publish_static()
+    for i in range(count):
+        stamp = (start_s + i) * S
+        n.player.publish_pose(stamp, x=0.1 * i)
+        n.player.publish_frame(frame, stamp, **kw)
+
+
+def test_ingest_real_frames_and_memory_services(
+    client_side, start_process, tmp_path, real_frame
+) -> None:  # type: ignore[no-untyped-def]
+    n = NodeUnderTest(client_side, start_process, tmp_path)
+    _feed(n, real_frame, 4)
+    wait_until(lambda: n.latest().keyframes_integrated >= 4, 60.0, "4 keyframes")
+    stats = n.latest()
+    assert stats.num_voxels > 100
+    assert stats.encoder == "dinov2_onnx" and stats.feature_dim == 384
+    assert sum(stats.drop_counts) == 0, n.drops()
+    # The camera looks along +x from x = 0 .. 0.3 m: the memory spans the frame's depth.
+    valid_m = real_frame.depth_mm[real_frame.depth_mm > 0] / 1000.0
+    assert valid_m.min() - 0.1 < stats.bounds_min.x < valid_m.min() + 0.5
+    assert valid_m.max() - 0.5 < stats.bounds_max.x < valid_m.max() + 0.3 + 0.1
+
+    # The default encoder has no text-aligned features: grounding says so clearly.
+    r = n.send(n.ground, Ground.Goal(query="the motorcycle"))
+    assert r.result.error_code == Ground.Result.MODEL_UNAVAILABLE
+    assert "grounding model" in r.result.error_msg
+    assert r.result.memory_voxels == stats.num_voxels
+    # Open questions without an LMM, geometry-only mode, bad input.
+    r = n.send(n.ask, Ask.Goal(question="What colour is the motorcycle?"))
+    assert r.result.error_code == Ask.Result.MODEL_UNAVAILABLE
+    r = n.send(n.ask, Ask.Goal(question="Tell me a story", mode="geometry"))
+    assert r.result.error_code == Ask.Result.UNSUPPORTED_QUESTION
+    r = n.send(n.ground, Ground.Goal(query="   "))
+    assert r.result.error_code == Ground.Result.BAD_QUERY
+    r = n.send(n.ground, Ground.Goal(query="x" * 10_000))
+    assert r.result.error_code == Ground.Result.BAD_QUERY and "limit" in r.result.error_msg
+    # Describe a point on the motorcycle (in the memory): a geometric caption.
+    goal = Describe.Goal()
+    goal.header.frame_id = "map"
+    lo = np.array([stats.bounds_min.x, stats.bounds_min.y, stats.bounds_min.z])
+    hi = np.array([stats.bounds_max.x, stats.bounds_max.y, stats.bounds_max.z])
+    mid = (lo + hi) / 2
+    goal.center.position.x, goal.center.position.y, goal.center.position.z = map(float, mid)
+    goal.size.x = goal.size.y = goal.size.z = 4.0
+    r = n.send(n.describe, goal)
+    assert r.result.error_code == Describe.Result.NONE, r.result.error_msg
+    assert "region" in r.result.caption and len(r.result.objects) == 1
+
+    # Save, clear, load back; a corrupt snapshot is refused and the memory kept.
+    snap = tmp_path / "mem.safetensors"
+    saved = n.service(SaveMemory, "/llava3d/save_memory", SaveMemory.Request(path=str(snap)))
+    assert saved.success and saved.num_voxels == stats.num_voxels and snap.stat().st_size > 0
+    cleared = n.service(ClearMemory, "/llava3d/clear_memory", ClearMemory.Request())
+    assert cleared.success and cleared.cleared_voxels == stats.num_voxels
+    r = n.send(n.describe, goal)
+    assert r.result.error_code == Describe.Result.EMPTY_MEMORY
+    loaded = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(path=str(snap)))
+    assert loaded.success and loaded.num_voxels == stats.num_voxels
+    bad = tmp_path / "bad.safetensors"
+    data = bytearray(snap.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    refused = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(path=str(bad)))
+    assert not refused.success and "memory unchanged" in refused.message
+    assert refused.num_voxels == stats.num_voxels
+    assert n.proc.alive()
+
+
+def test_bad_inputs_are_dropped_counted_and_the_node_keeps_serving(
+    client_side, start_process, tmp_path, real_frame
+) -> None:  # type: ignore[no-untyped-def]
+    n = NodeUnderTest(client_side, start_process, tmp_path, **{"tf.timeout_s": 0.3})
+    n.player.publish_static()
+    t = 10 * S
+    n.player.publish_pose(t, 0.0)
+    n.player.publish_frame(real_frame, t, color_encoding="yuv422")
+    t += S
+    n.player.publish_pose(t, 0.2)
+    small = real_frame.depth_mm[::2, ::2]
+    n.player.publish_frame(real_frame, t, depth=np.ascontiguousarray(small))
+    t += S
+    n.player.publish_pose(t, 0.4)
+    nan_depth = np.full(real_frame.depth_mm.shape, np.nan, np.float32)
+    n.player.publish_frame(real_frame, t, depth=nan_depth, depth_encoding="32FC1")
+    t += S
+    n.player.publish_pose(t, 0.6)
+    n.player.publish_frame(real_frame, t, depth=np.zeros_like(real_frame.depth_mm))
+    t += S
+    n.player.publish_pose(t, 0.8)
+    n.player.publish_frame(real_frame, t, frame_id="unknown_camera")
+    expected = {"unknown_encoding", "size_mismatch", "no_valid_depth", "tf_unknown_frame"}
+    wait_until(lambda: expected <= set(n.drops()), 30.0, f"drops {expected}")
+    drops = n.drops()
+    assert drops["no_valid_depth"] == 2  # NaN (32FC1) and zero (16UC1) depth
+    assert drops["unknown_encoding"] == 1 and drops["size_mismatch"] == 1
+    # A good frame after all that is integrated; queries are answered throughout.
+    t += S
+    n.player.publish_pose(t, 1.0)
+    n.player.publish_frame(real_frame, t)
+    wait_until(lambda: n.latest().keyframes_integrated >= 1, 30.0, "a good keyframe")
+    r = n.send(n.ground, Ground.Goal(query="the motorcycle"))
+    assert r.result.error_code == Ground.Result.MODEL_UNAVAILABLE
+    assert n.proc.alive()
+
+
+def test_missing_camera_info_is_counted(client_side, start_process, tmp_path, real_frame) -> None:  # type: ignore[no-untyped-def]
+    n = NodeUnderTest(client_side, start_process, tmp_path)
+    _feed(n, real_frame, 3, info=False)
+    wait_until(lambda: n.drops().get("no_camera_info", 0) >= 2, 30.0, "no_camera_info drops")
+    assert n.latest().keyframes_integrated == 0
+
+
+def test_lifecycle_transitions(client_side, start_process, tmp_path, real_frame) -> None:  # type: ignore[no-untyped-def]
+    n = NodeUnderTest(client_side, start_process, tmp_path)
+    state = n.service(GetState, "/llava3d/get_state", GetState.Request())
+    assert state.current_state.label == "active"
+    change = ChangeState.Request()
+    change.transition.id = Transition.TRANSITION_DEACTIVATE
+    assert n.service(ChangeState, "/llava3d/change_state", change).success
+    r = n.send(n.ground, Ground.Goal(query="anything"))
+    assert r.result.error_code == Ground.Result.NOT_ACTIVE
+    change.transition.id = Transition.TRANSITION_ACTIVATE
+    assert n.service(ChangeState, "/llava3d/change_state", change).success
+    wait_until(n.player.subscribers_ready, 30.0, "re-created subscriptions")
+    _feed(n, real_frame, 2)
+    wait_until(lambda: n.latest().keyframes_integrated >= 2, 60.0, "keyframes after re-activation")
+    for transition in (Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP):
+        change.transition.id = transition
+        assert n.service(ChangeState, "/llava3d/change_state", change).success
+    state = n.service(GetState, "/llava3d/get_state", GetState.Request())
+    assert state.current_state.label == "unconfigured"
+    change.transition.id = Transition.TRANSITION_CONFIGURE
+    assert n.service(ChangeState, "/llava3d/change_state", change).success
+    assert n.proc.alive()
