@@ -217,3 +217,25 @@ def test_lifecycle_transitions(client_side, start_process, tmp_path, real_frame)
     change.transition.id = Transition.TRANSITION_CONFIGURE
     assert n.service(ChangeState, "/llava3d/change_state", change).success
     assert n.proc.alive()
+
+
+def test_planner_client_api(client_side, start_process, tmp_path, real_frame) -> None:  # type: ignore[no-untyped-def]
+    from llava3d_ros.client import Llava3DClient
+
+    n = NodeUnderTest(client_side, start_process, tmp_path)
+    with Llava3DClient() as client:  # its own context, node and executor thread
+        assert client.wait_for_server(30.0)
+        empty = client.describe((1.0, 0.0, 1.0))
+        assert not empty.ok and empty.error_name == "EMPTY_MEMORY"
+        _feed(n, real_frame, 2)
+        wait_until(lambda: n.latest().keyframes_integrated >= 2, 60.0, "keyframes")
+        stages: list[str] = []
+        handle = client.ground_async("the motorcycle", feedback=lambda s, _p: stages.append(s))
+        found = handle.result(30.0)
+        assert not found.ok and found.error_name == "MODEL_UNAVAILABLE"
+        assert found.memory_voxels > 0 and found.query_time_s > 0
+        answer = client.ask("Where is the motorcycle?", mode="geometry")
+        assert answer.error_name == "MODEL_UNAVAILABLE"  # grounding model needed for phrases
+        described = client.describe((2.5, 0.0, 1.0), size=(4.0, 4.0, 4.0), frame_id="map")
+        assert described.ok and described.answered_by == "geometry"
+        assert described.objects[0].num_voxels > 0
