@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llava3d_ros.core.encoders.base import GROUND, EncoderBundle
+from llava3d_ros.core.encoders.base import GROUND, VISION, EncoderBundle
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.grounding import Grounder, GroundingConfig, GroundingResult
 from llava3d_ros.core.keyframes import KeyframePolicy, KeyframeSelector
@@ -71,6 +71,24 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class LmmConfig:
+    pool_voxel_size: float = 0.2  # LLaVA-3D pools scene tokens per 0.2 m voxel
+    max_scene_tokens: int = 2560  # LLaVA-3D's cap, made deterministic and spatially fair
+    max_new_tokens: int = 256  # default when a goal asks for 0
+
+
+@dataclass
+class LmmOutcome:
+    code: str
+    message: str
+    text: str = ""
+    boxes: list[Box3D] = field(default_factory=list)
+    num_tokens: int = 0
+    scene_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     encoder: Mapping[str, Any] = field(default_factory=dict)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -78,6 +96,7 @@ class PipelineConfig:
     keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    lmm: LmmConfig = field(default_factory=LmmConfig)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
@@ -87,6 +106,7 @@ class PipelineConfig:
             "lifting": LiftConfig,
             "keyframes": KeyframePolicy,
             "query": QueryConfig,
+            "lmm": LmmConfig,
         }
         known = {"encoder", "grounding", *sections}
         unknown = set(d) - known
@@ -144,9 +164,21 @@ def _resolve_device(name: str) -> torch.device:
 
 
 class ScenePipeline:
-    def __init__(self, config: PipelineConfig, bundle: EncoderBundle):
+    def __init__(self, config: PipelineConfig, bundle: EncoderBundle, lmm: Any = None):
+        """``lmm``: an optional ``core.lmm.Llava3DChat`` for open questions; its scene
+        features are the memory's VISION kind, so their widths must agree."""
         self.config = config
         self.bundle = bundle
+        self.lmm = lmm
+        if lmm is not None:
+            want = int(lmm.model.config.mm_hidden_size)
+            have = bundle.image.feature_dims.get(VISION)
+            if have != want:
+                raise ValueError(
+                    f"the language model expects {want}-d scene features but the encoder "
+                    f"gives {have}-d '{VISION}' features; use the vision tower it was "
+                    "trained with (LLaVA-3D: CLIP ViT-L/14-336, backend hf_clip)"
+                )
         mc = config.memory
         self.memory = VoxelPatchMemory(
             feature_dims=bundle.image.feature_dims,
@@ -379,6 +411,55 @@ class ScenePipeline:
             )
             caption += f"; it looks most like: {ranked}"
         return OK, caption + ".", [box]
+
+    def ask_open(
+        self,
+        question: str,
+        *,
+        location: np.ndarray | None = None,
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 0.0,
+        on_text: Callable[[str], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> LmmOutcome:
+        """An open question (or, with ``location``, a caption) from the language model,
+        fed with pooled scene tokens from the memory (no image is re-encoded)."""
+        if self.lmm is None:
+            return LmmOutcome(
+                MODEL_UNAVAILABLE,
+                "an open question needs the LLaVA-3D language model; set lmm.checkpoint",
+            )
+        problem = self.check_query(question)
+        if problem:
+            return LmmOutcome(BAD_QUERY, problem)
+        if len(self.memory) == 0:
+            return LmmOutcome(EMPTY_MEMORY, "nothing has been integrated yet")
+        lc = self.config.lmm
+        t0 = time.perf_counter()
+        positions, features = self.memory.pool(VISION, lc.pool_voxel_size, lc.max_scene_tokens)
+        timings = {"pool": time.perf_counter() - t0}
+        answer = self.lmm.answer(
+            question.strip(),
+            positions,
+            features,
+            location=location,
+            max_new_tokens=max_new_tokens if max_new_tokens > 0 else lc.max_new_tokens,
+            temperature=float(temperature),
+            top_p=top_p if top_p > 0 else None,
+            on_text=on_text,
+            cancel=cancel,
+        )
+        timings.update(prefill=answer.prefill_s, total=time.perf_counter() - t0)
+        boxes = [
+            Box3D(np.asarray(b.center), np.maximum(np.asarray(b.size), 1e-3), 0.0, "answer", 1.0)
+            for b in answer.boxes
+        ]
+        code = CANCELED if answer.cancelled else OK
+        return LmmOutcome(
+            code, "cancelled" if answer.cancelled else "", answer.text, boxes,
+            answer.num_tokens, int(answer.scene_tokens), timings,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ memory admin
 

@@ -201,7 +201,8 @@ class Llava3DNode(LifecycleNode):
             config = P.pipeline_config_from_params(values, encoder_config)
             self.get_logger().info(f"loading encoder {encoder_config}")
             bundle = create_encoders(encoder_config)
-            self.pipeline = pl.ScenePipeline(config, bundle)
+            lmm = self._load_lmm(config)
+            self.pipeline = pl.ScenePipeline(config, bundle, lmm)
         except (EncoderError, ValueError, OSError, RuntimeError, KeyError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             self.pipeline = None
@@ -244,6 +245,22 @@ class Llava3DNode(LifecycleNode):
         ]
         self._tf = TfSource(self, cache_s=self._param("tf.cache_s"))
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_lmm(self, config: pl.PipelineConfig) -> Any:
+        path = self._param("lmm.checkpoint")
+        if not path:
+            return None
+        from llava3d_ros.core.lmm import Llava3DChat
+
+        device = self._param("lmm.device")
+        dtype = self._param("lmm.dtype")
+        self.get_logger().info(f"loading LLaVA-3D language model from {path}")
+        return Llava3DChat.load(
+            path,
+            device=None if device == "auto" else device,
+            dtype=None if dtype == "auto" else dtype,
+            max_scene_tokens=config.lmm.max_scene_tokens,
+        )
 
     @_logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -549,18 +566,14 @@ class Llava3DNode(LifecycleNode):
         result.header = self._header(frame_id)
         parsed = parse_question(goal.question) if mode != "lmm" else None
         if parsed is None:
-            elapsed = time.perf_counter() - t0
-            _duration(elapsed, result.query_time)
             if mode == "geometry":
+                _duration(time.perf_counter() - t0, result.query_time)
                 return self._finish_goal(
                     goal_handle, result, "UNSUPPORTED_QUESTION",
                     "not a spatial question (where, left/right, front/behind, above/below, "
                     "on, next to, between, how far, which is bigger, how big, how many)",
                 )  # fmt: skip
-            return self._finish_goal(
-                goal_handle, result, "MODEL_UNAVAILABLE",
-                "an open question needs the LLaVA-3D language model; set lmm.checkpoint",
-            )  # fmt: skip
+            return self._ask_lmm(goal_handle, goal, result, t0, t_target_map)
         goal_handle.publish_feedback(Ask.Feedback(stage="grounding", partial_answer=""))
         code, answer, message = pipe.ask_spatial(
             parsed, self._viewpoint(), cancel=lambda: goal_handle.is_cancel_requested
@@ -574,6 +587,39 @@ class Llava3DNode(LifecycleNode):
         self._latencies["ask"].append(elapsed)
         goal_handle.publish_feedback(Ask.Feedback(stage="done", partial_answer=result.answer))
         return self._finish_goal(goal_handle, result, _ERROR_NAMES[code], message)
+
+    def _ask_lmm(
+        self, goal_handle: Any, goal: Any, result: Any, t0: float, t_target_map: Any
+    ) -> Any:
+        """An open question streamed from the language model: feedback carries the
+        answer so far; cancel stops generation between tokens."""
+        pipe = self.pipeline
+        assert pipe is not None
+        partial: list[str] = []
+
+        def on_text(delta: str) -> None:
+            partial.append(delta)
+            goal_handle.publish_feedback(
+                Ask.Feedback(stage="generating", partial_answer="".join(partial))
+            )
+
+        goal_handle.publish_feedback(Ask.Feedback(stage="prefill", partial_answer=""))
+        out = pipe.ask_open(
+            goal.question,
+            max_new_tokens=int(goal.max_new_tokens),
+            temperature=float(goal.temperature),
+            top_p=float(goal.top_p),
+            on_text=on_text,
+            cancel=lambda: goal_handle.is_cancel_requested,
+        )
+        result.answer = out.text
+        result.answered_by = Ask.Result.ANSWERED_BY_LMM
+        result.generated_tokens = out.num_tokens
+        result.objects = self._to_msgs(out.boxes, t_target_map)
+        elapsed = time.perf_counter() - t0
+        _duration(elapsed, result.query_time)
+        self._latencies["ask"].append(elapsed)
+        return self._finish_goal(goal_handle, result, _ERROR_NAMES[out.code], out.message)
 
     def _execute_describe(self, goal_handle: Any) -> Describe.Result:
         t0 = time.perf_counter()
@@ -601,6 +647,20 @@ class Llava3DNode(LifecycleNode):
             return self._finish_goal(goal_handle, result, "TRANSFORM_FAILED", str(exc))
         result.header = self._header(map_frame)
         goal_handle.publish_feedback(Describe.Feedback(stage="describing", partial_caption=""))
+        if pipe.lmm is not None:
+            from llava3d_ros.core.lmm.generate import DEFAULT_DESCRIBE_QUESTION
+
+            out = pipe.ask_open(
+                DEFAULT_DESCRIBE_QUESTION,
+                location=point,
+                max_new_tokens=int(goal.max_new_tokens),
+                cancel=lambda: goal_handle.is_cancel_requested,
+            )
+            result.caption = out.text
+            result.answered_by = Describe.Result.ANSWERED_BY_LMM
+            result.objects = self._to_msgs(out.boxes, None)
+            _duration(time.perf_counter() - t0, result.query_time)
+            return self._finish_goal(goal_handle, result, _ERROR_NAMES[out.code], out.message)
         code, caption, boxes = pipe.describe_region(point, size)
         result.caption = caption
         result.answered_by = Describe.Result.ANSWERED_BY_GEOMETRY

@@ -78,7 +78,12 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("snapshot_path", "", "default file for save/load services (empty = ROS_HOME/llava3d/memory.safetensors)"),
     # --- models
     ParamSpec("encoder.backend", "dinov2_onnx", "encoder backend (see llava3d_ros.core.encoders)"),
-    ParamSpec("lmm.checkpoint", "", "LLaVA-3D checkpoint directory for open questions (empty = none)"),
+    ParamSpec("lmm.checkpoint", "", "LLaVA-3D checkpoint directory (official layout) for open questions and captions (empty = none)"),
+    ParamSpec("lmm.device", "auto", "device of the language model (auto = cuda when available)"),
+    ParamSpec("lmm.dtype", "auto", "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32", choices=("auto", "bf16", "fp16", "fp32")),
+    ParamSpec("lmm.pool_voxel_size", 0.2, "scene tokens: memory pooled per voxel of this size (LLaVA-3D: 0.2 m)", 0.01, 5.0),
+    ParamSpec("lmm.max_scene_tokens", 2560, "cap on scene tokens (deterministic, spatially fair)", 1, 100000),
+    ParamSpec("lmm.max_new_tokens", 256, "generated tokens when a goal asks for 0", 1, 8192),
 )  # fmt: skip
 
 
@@ -120,10 +125,13 @@ def pipeline_config_from_params(
 ) -> PipelineConfig:
     """Flat dotted parameter values -> PipelineConfig (validation errors name the key)."""
     sections: dict[str, dict[str, Any]] = {}
-    for section in ("memory", "lifting", "keyframes", "grounding", "query"):
+    for section in ("memory", "lifting", "keyframes", "grounding", "query", "lmm"):
         prefix = section + "."
         sections[section] = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-    sections["query"].pop("max_concurrent", None)  # a node setting, not a pipeline one
+    # Node settings, not pipeline ones.
+    sections["query"].pop("max_concurrent", None)
+    for key in ("checkpoint", "device", "dtype"):
+        sections["lmm"].pop(key, None)
     return PipelineConfig.from_dict({"encoder": dict(encoder), **sections})
 
 
