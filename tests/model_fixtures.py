@@ -1,0 +1,64 @@
+"""Tiny, randomly initialised models written to disk in their real formats, loaded by
+the node through the same loaders as real checkpoints (no network, seconds to build)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CLIP_WIDTH = 32  # vision hidden size of the tiny CLIP = the tiny LMM's mm_hidden_size
+
+
+def make_tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A CLIP checkpoint (save_pretrained layout) with a character-level BPE tokenizer."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    tok_dir = out.parent / (out.name + "_tokenizer_src")
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    tokens = ["<|startoftext|>", "<|endoftext|>"]
+    for ch in "abcdefghijklmnopqrstuvwxyz.,'":
+        tokens += [ch, ch + "</w>"]
+    (tok_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    (tok_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "CLIPTokenizer", "unk_token": "<|endoftext|>",
+             "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+             "pad_token": "<|endoftext|>", "model_max_length": 77}
+        )
+    )  # fmt: skip
+    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokens), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"hidden_size": CLIP_WIDTH, "intermediate_size": 64,
+                       "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 56,
+                       "patch_size": 14},
+        projection_dim=24,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_tiny_lmm(out: Path, seed: int = 0, never_eos: bool = True) -> Path:
+    """A LLaVA-3D checkpoint in the official layout whose scene features are the tiny
+    CLIP's width. ``never_eos``: the end-of-sequence logit is held at 0 while the best of
+    the ~60 random logits is positive (all negative has probability ~2^-60), so greedy
+    generation runs to max_new_tokens: long enough to cancel deterministically."""
+    from llava3d_ros.core.lmm import write_official_checkpoint
+    from llava3d_ros.core.lmm.testing import make_tiny_model, make_word_tokenizer
+
+    tokenizer = make_word_tokenizer()
+    model = make_tiny_model(
+        len(tokenizer), seed=seed, mm_hidden_size=CLIP_WIDTH, max_position_embeddings=16384
+    )
+    if never_eos:
+        with torch.no_grad():
+            model.llm.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    return write_official_checkpoint(model, tokenizer, out, shards=2)
