@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 SETUP_INPUTS := scripts/setup.sh scripts/build_interfaces.sh requirements.txt constraints.txt \
 	setup.py setup.cfg package.xml $(shell find ros2_ws/src -type f 2>/dev/null)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: setup test demo lint bench clean distclean
 
