@@ -195,6 +195,11 @@ class Llava3DNode(LifecycleNode):
     @_logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         t0 = time.monotonic()
+        threads = self._param("ingest.torch_threads")
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         try:
             encoder_config = self._encoder_config()
             values = {n: self._param(n) for n in self._parameters if "." in n}
