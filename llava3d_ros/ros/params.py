@@ -138,12 +138,24 @@ def pipeline_config_from_params(
 
 def encoder_config_from_params(backend: str, values: Mapping[str, Any]) -> dict[str, Any]:
     """``encoder.*`` parameter values -> the registry's config mapping. Empty strings
-    (unset) are left out so the backend's own default (often None) applies."""
+    (unset) are left out so the backend's own default (often None) applies.
+
+    ``dinov2_onnx`` without a ``head_path`` gets the shipped alignment head, so the
+    default configuration grounds language; ``head_path: none`` turns grounding off."""
     config: dict[str, Any] = {"backend": backend}
     for key, value in values.items():
         if value == "" or key == "backend":
             continue
         config[key] = value
+    if backend == "dinov2_onnx":
+        if str(config.get("head_path", "")).lower() == "none":
+            config.pop("head_path")
+        elif "head_path" not in config:
+            from llava3d_ros.models import default_head_path
+
+            head = default_head_path()
+            if head is not None:
+                config["head_path"] = str(head)
     return config
 
 

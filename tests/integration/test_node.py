@@ -90,10 +90,13 @@ def _feed(n: NodeUnderTest, frame, count: int, start_s: int = 10, **kw) -> None:
         n.player.publish_frame(frame, stamp, **kw)
 
 
+NO_HEAD = {"encoder.head_path": "none"}  # DINOv2 features only: grounding is off
+
+
 def test_ingest_real_frames_and_memory_services(
     client_side, start_process, tmp_path, real_frame
 ) -> None:  # type: ignore[no-untyped-def]
-    n = NodeUnderTest(client_side, start_process, tmp_path)
+    n = NodeUnderTest(client_side, start_process, tmp_path, **NO_HEAD)
     _feed(n, real_frame, 4)
     wait_until(lambda: n.latest().keyframes_integrated >= 4, 60.0, "4 keyframes")
     stats = n.latest()
@@ -105,7 +108,7 @@ def test_ingest_real_frames_and_memory_services(
     assert valid_m.min() - 0.1 < stats.bounds_min.x < valid_m.min() + 0.5
     assert valid_m.max() - 0.5 < stats.bounds_max.x < valid_m.max() + 0.3 + 0.1
 
-    # The default encoder has no text-aligned features: grounding says so clearly.
+    # Without a grounding head there are no text-aligned features: grounding says so.
     r = n.send(n.ground, Ground.Goal(query="the motorcycle"))
     assert r.result.error_code == Ground.Result.MODEL_UNAVAILABLE
     assert "grounding model" in r.result.error_msg
@@ -154,7 +157,7 @@ def test_ingest_real_frames_and_memory_services(
 def test_bad_inputs_are_dropped_counted_and_the_node_keeps_serving(
     client_side, start_process, tmp_path, real_frame
 ) -> None:  # type: ignore[no-untyped-def]
-    n = NodeUnderTest(client_side, start_process, tmp_path, **{"tf.timeout_s": 0.3})
+    n = NodeUnderTest(client_side, start_process, tmp_path, **{"tf.timeout_s": 0.3}, **NO_HEAD)
     n.player.publish_static()
     t = 10 * S
     n.player.publish_pose(t, 0.0)
@@ -222,7 +225,7 @@ def test_lifecycle_transitions(client_side, start_process, tmp_path, real_frame)
 def test_planner_client_api(client_side, start_process, tmp_path, real_frame) -> None:  # type: ignore[no-untyped-def]
     from llava3d_ros.client import Llava3DClient
 
-    n = NodeUnderTest(client_side, start_process, tmp_path)
+    n = NodeUnderTest(client_side, start_process, tmp_path, **NO_HEAD)
     with Llava3DClient() as client:  # its own context, node and executor thread
         assert client.wait_for_server(30.0)
         empty = client.describe((1.0, 0.0, 1.0))

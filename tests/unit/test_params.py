@@ -42,7 +42,13 @@ def test_defaults_build_a_pipeline_config() -> None:
     cfg = pipeline_config_from_params(values, encoder)
     assert cfg.memory.voxel_size == 0.05 and cfg.grounding.min_score == 0.5
     assert cfg.query.describe_vocabulary[0] == "mug"
-    assert "head_path" not in encoder  # unset options fall back to the backend default
+    # The shipped alignment head is the default when this install has it.
+    from llava3d_ros.models import default_head_path
+
+    head = default_head_path()
+    assert encoder.get("head_path") == (str(head) if head else None)
+    assert "head_path" not in encoder_config_from_params("dinov2_onnx", {"head_path": "none"})
+    assert "cache_dir" not in encoder  # unset options fall back to the backend default
     bad = dict(values, **{"memory.voxel_sise": 0.1})
     with pytest.raises(ValueError, match="voxel_sise"):
         pipeline_config_from_params(bad, encoder)
