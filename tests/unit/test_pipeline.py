@@ -1,0 +1,123 @@
+"""ScenePipeline with a tiny random CLIP (vision + text-aligned dense features) loaded
+through the real hf_clip loader: frame validation, keyframes, query codes, snapshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llava3d_ros.core import pipeline as pl
+from llava3d_ros.core.encoders import create_encoders
+from llava3d_ros.core.geometry import CameraIntrinsics, make_transform
+from tests.model_fixtures import make_tiny_clip
+
+H, W = 120, 160
+K = CameraIntrinsics(100.0, 100.0, 80.0, 60.0, W, H)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    clip = make_tiny_clip(tmp_path_factory.mktemp("m") / "clip")
+    return create_encoders({"backend": "hf_clip", "model": str(clip)})
+
+
+def _pipeline(bundle, **memory) -> pl.ScenePipeline:  # type: ignore[no-untyped-def]
+    cfg = pl.PipelineConfig.from_dict(
+        {"memory": {"voxel_size": 0.1, **memory}, "keyframes": {"max_interval_s": 0.0}}
+    )
+    return pl.ScenePipeline(cfg, bundle)
+
+
+def _frame(seed: int = 0, depth: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (H, W, 3), dtype=np.uint8), np.full((H, W), depth, np.float32)
+
+
+def _pose(x: float) -> np.ndarray:
+    return make_transform([x, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+
+
+def test_keyframes_integrate_and_skip(bundle) -> None:  # type: ignore[no-untyped-def]
+    p = _pipeline(bundle)
+    rgb, depth = _frame()
+    first = p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
+    assert first.keyframe == "first" and first.patches == 16  # 4x4 tiny-CLIP grid
+    assert len(p.memory) > 0 and set(first.timings) == {"lift", "encode", "fuse"}
+    assert p.process_frame(rgb, depth, K, _pose(0.01), 1.1).keyframe is None
+    assert p.process_frame(rgb, depth, K, _pose(0.5), 1.2).keyframe == "moved"
+    assert p.memory.stats().frames_integrated == 2
+
+
+def test_bad_frames_raise_with_reasons(bundle) -> None:  # type: ignore[no-untyped-def]
+    p = _pipeline(bundle)
+    rgb, depth = _frame()
+    cases = {
+        "size_mismatch": (rgb[:, :100], depth, K, _pose(0)),
+        "intrinsics_mismatch": (rgb, depth, CameraIntrinsics(1, 1, 1, 1, 10, 10), _pose(0)),
+        "bad_pose": (rgb, depth, K, np.full((4, 4), np.nan)),
+        "no_valid_depth": (rgb, np.zeros_like(depth), K, _pose(0)),
+    }
+    for reason, args in cases.items():
+        with pytest.raises(pl.FrameError) as err:
+            p.process_frame(*args, 1.0)
+        assert err.value.reason == reason
+    assert len(p.memory) == 0
+    # Depth outside [min_depth_m, max_depth_m] counts as invalid, too.
+    with pytest.raises(pl.FrameError, match="valid depth"):
+        p.process_frame(rgb, np.full_like(depth, 50.0), K, _pose(0), 1.0)
+
+
+def test_query_codes(bundle) -> None:  # type: ignore[no-untyped-def]
+    p = _pipeline(bundle)
+    assert p.ground("mug").code == pl.EMPTY_MEMORY
+    assert p.ground("  ").code == pl.BAD_QUERY
+    assert "limit" in p.ground("x" * 1000).message
+    rgb, depth = _frame()
+    p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
+    out = p.ground("a red mug", cancel=lambda: True)
+    assert out.code == pl.CANCELED
+    stages: list[str] = []
+    out = p.ground("a red mug", on_stage=lambda s, _p: stages.append(s))
+    assert out.code in (pl.OK, pl.NO_MATCH) and out.memory_voxels == len(p.memory)
+    assert stages[:2] == ["encoding_text", "scoring"]
+    assert p.ask_open("What is here?").code == pl.MODEL_UNAVAILABLE
+
+
+def test_describe_region(bundle) -> None:  # type: ignore[no-untyped-def]
+    p = _pipeline(bundle)
+    assert p.describe_region(np.zeros(3), np.zeros(3))[0] == pl.EMPTY_MEMORY
+    rgb, depth = _frame()
+    p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
+    # The camera looks along optical z = map z (identity rotation): the wall is at z = 2.
+    code, caption, boxes = p.describe_region(np.array([0.0, 0.0, 2.0]), np.array([4.0, 4.0, 0.5]))
+    assert code == pl.OK and "region" in caption and boxes[0].num_voxels > 0
+    assert abs(boxes[0].center[2] - 2.0) < 0.1
+    code, caption, _ = p.describe_region(np.array([9.0, 9.0, 9.0]), np.zeros(3))
+    assert code == pl.NO_MATCH and "nothing" in caption
+
+
+def test_snapshot_round_trip_and_mismatch(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    p = _pipeline(bundle)
+    rgb, depth = _frame()
+    p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
+    n = len(p.memory)
+    path = str(tmp_path / "m.safetensors")
+    p.save(path)
+    assert p.clear() == n and len(p.memory) == 0
+    assert p.load(path) == n
+    other = pl.VoxelPatchMemory({"vision": 7}, voxel_size=0.1)
+    other.save(str(tmp_path / "o.safetensors"))
+    with pytest.raises(ValueError, match="do not match"):
+        p.load(str(tmp_path / "o.safetensors"))
+    assert len(p.memory) == n  # unchanged
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match="memmory"):
+        pl.PipelineConfig.from_dict({"memmory": {}})
+    with pytest.raises(ValueError, match="voxel_sise"):
+        pl.PipelineConfig.from_dict({"memory": {"voxel_sise": 1}})
+    with pytest.raises(ValueError, match="max_voxels"):
+        pl.PipelineConfig.from_dict({"memory": {"max_voxels": "many"}})
