@@ -1,0 +1,239 @@
+"""``report.png`` and ``report.md`` of a bag evaluation.
+
+``report.png``: left, a top-down view of the room in the map frame: the node's memory
+voxels (centroids from a snapshot the node saves at the end, coloured by height), ground-truth
+boxes of the objects (green, with their ids) and furniture (grey), the camera path
+and the final viewpoint, and every query's top predicted box (blue: a hit at IoU 0.25,
+red dashed: a miss) numbered like the table; right, the scores and one line per query
+and question with hit/miss. ``report.md``: the same numbers as tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_report"]
+
+_HIT = "#1f5fbf"
+_MISS = "#d62728"
+_GT = "#2ca02c"
+
+
+def _footprint(center: Sequence[float], size: Sequence[float], yaw: float) -> np.ndarray:
+    hx, hy = size[0] / 2, size[1] / 2
+    local = np.array([[hx, hy], [-hx, hy], [-hx, -hy], [hx, -hy], [hx, hy]])
+    c, s = math.cos(yaw), math.sin(yaw)
+    return local @ np.array([[c, s], [-s, c]]) + np.asarray(center[:2])
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _fmt(x: Any, spec: str = "{:.3f}") -> str:
+    return "n/a" if x is None else spec.format(x)
+
+
+def write_report(
+    out: str | Path,
+    scene: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    ground: Sequence[Mapping[str, Any]],
+    qa: Sequence[Mapping[str, Any]],
+    cloud_xyz: np.ndarray | None = None,
+) -> tuple[Path, Path]:
+    """Write ``report.png`` and ``report.md`` into ``out``; returns their paths."""
+    out = Path(out)
+    png = out / "report.png"
+    md = out / "report.md"
+    _plot(png, scene, metrics, ground, qa, cloud_xyz)
+    md.write_text(_markdown(scene, metrics, ground, qa))
+    return png, md
+
+
+# ------------------------------------------------------------------------- figure
+
+
+def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
+          ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, Any]],
+          cloud: np.ndarray | None) -> None:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig = plt.figure(figsize=(17, 9.5), dpi=110)
+    ax = fig.add_axes((0.035, 0.11, 0.445, 0.83))
+    ax.set_anchor("E")  # equal aspect shrinks the map: keep it next to the colour bar
+    cax = fig.add_axes((0.488, 0.25, 0.008, 0.5))
+    side = fig.add_axes((0.545, 0.02, 0.45, 0.96))
+    side.axis("off")
+
+    sx, sy = scene["spec"]["room_size"][:2]
+    ax.add_patch(plt.Rectangle((-sx / 2, -sy / 2), sx, sy, fill=False, lw=1.5, ec="black"))
+    if cloud is not None and len(cloud):
+        z = cloud[:, 2]
+        order = np.argsort(z)  # higher voxels drawn last (table tops over the floor)
+        sc = ax.scatter(cloud[order, 0], cloud[order, 1], c=z[order], cmap="viridis", s=3,
+                        vmin=0.0, vmax=max(1.5, float(np.percentile(z, 99))), alpha=0.6,
+                        linewidths=0, rasterized=True)  # fmt: skip
+        fig.colorbar(sc, cax=cax).set_label("memory voxel height z (m)")
+    else:
+        cax.axis("off")
+    for o in scene["objects"]:
+        fp = _footprint(o["center"], o["size"], o["yaw"])
+        if o["role"] == "furniture":
+            ax.plot(fp[:, 0], fp[:, 1], color="0.45", lw=1.2)
+            ax.text(o["center"][0], o["center"][1], o.get("name") or o["id"], color="0.35",
+                    fontsize=8, ha="center", va="center", style="italic")  # fmt: skip
+        else:
+            ax.fill(fp[:, 0], fp[:, 1], color=_GT, alpha=0.25 if o["visible"] else 0.08)
+            ax.plot(fp[:, 0], fp[:, 1], color=_GT, lw=1.6)
+            ax.annotate(o["id"], (o["center"][0], o["center"][1]), xytext=(0, 9),
+                        textcoords="offset points", color="#1a6e1a", fontsize=7.5,
+                        ha="center", fontweight="bold")  # fmt: skip
+    traj = np.asarray(scene.get("trajectory", []))
+    if len(traj):
+        ax.plot(traj[:, 0], traj[:, 1], color="#8c564b", lw=0.9, ls="--", alpha=0.8)
+    vp = scene.get("viewpoint")
+    if vp:
+        p, f = vp["position"], vp["forward"]
+        ax.annotate("", (p[0] + 0.5 * f[0], p[1] + 0.5 * f[1]), (p[0], p[1]),
+                    arrowprops={"arrowstyle": "-|>", "color": "#8c564b", "lw": 2})  # fmt: skip
+        ax.text(p[0], p[1] - 0.15, "viewer", color="#8c564b", fontsize=8, ha="center", va="top")
+    for i, r in enumerate(ground, 1):
+        if not r["boxes"]:
+            continue
+        b = r["boxes"][0]
+        fp = _footprint(b["center"], b["size"], b["yaw"])
+        hit = r["hit_at_0_25"]
+        ax.plot(fp[:, 0], fp[:, 1], color=_HIT if hit else _MISS, lw=1.5,
+                ls="-" if hit else "--")  # fmt: skip
+        ax.text(fp[:, 0].max(), fp[:, 1].max(), f"Q{i}", color=_HIT if hit else _MISS,
+                fontsize=7, ha="left", va="bottom")  # fmt: skip
+    ax.set_aspect("equal")
+    ax.set_xlim(-sx / 2 - 0.2, sx / 2 + 0.2)
+    ax.set_ylim(-sy / 2 - 0.2, sy / 2 + 0.2)
+    ax.set_xlabel("map x (m)")
+    ax.set_ylabel("map y (m)")
+    ax.grid(alpha=0.2)
+    g = metrics["grounding"]
+    ax.set_title(
+        f"seed {scene['generator']['seed']}: {len(cloud) if cloud is not None else 0} memory "
+        f"voxels, ground truth, top predicted box per query (map frame, top-down)",
+        fontsize=10,
+    )
+    legend = [
+        Line2D([], [], color=_GT, lw=2, label="object (ground truth)"),
+        Line2D([], [], color="0.45", lw=2, label="furniture (ground truth)"),
+        Line2D([], [], color=_HIT, lw=2, label="top box: hit (IoU >= 0.25)"),
+        Line2D([], [], color=_MISS, lw=2, ls="--", label="top box: miss"),
+        Line2D([], [], color="#8c564b", lw=1, ls="--", label="camera path"),
+    ]
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3,
+              fontsize=8, frameon=False)  # fmt: skip
+
+    # Right column: scores, then one line per query and question.
+    qa_m, ing, lat = metrics["spatial_qa"], metrics["ingest"], metrics["latency_ms"]
+    lines: list[tuple[str, str]] = [
+        (f"Grounding  n={g['n']}  Acc@0.25 {_fmt(g['acc_at_0_25'])}  "
+         f"Acc@0.5 {_fmt(g['acc_at_0_5'])}  median IoU {_fmt(g['median_iou'])}", "black"),
+        (f"Spatial QA n={qa_m['n']}  accuracy {_fmt(qa_m['accuracy'])}", "black"),
+        (f"Ingest {ing['frames_received']}/{ing.get('frames_published', '?')} frames, "
+         f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
+         f"{ing['dropped']} dropped", "black"),
+        (f"Latency ground p50 {_fmt(lat['ground_p50'], '{:.0f}')} / p95 "
+         f"{_fmt(lat['ground_p95'], '{:.0f}')} ms, ask p50 {_fmt(lat['ask_p50'], '{:.0f}')} ms;"
+         f" peak RSS {_fmt(metrics['memory']['peak_rss_mb'], '{:.0f}')} MB", "black"),
+        ("", "black"),
+        (f"{'#':>3} {'query':<40} {'target':<20} {'IoU':>5}", "0.3"),
+    ]  # fmt: skip
+    for i, r in enumerate(ground, 1):
+        mark = "HIT " if r["hit_at_0_25"] else "miss"
+        note = "" if r["boxes"] or r["error"] == "NONE" else f" {r['error']}"
+        text = (f"Q{i:<2} {_short(r['query'], 40):<40} {_short(r['target'], 20):<20} "
+                f"{r['iou']:5.2f} {mark}{note}")  # fmt: skip
+        lines.append((text, _HIT if r["hit_at_0_25"] else _MISS))
+    lines += [("", "black"), (f"{'question':<42} {'answer':<24} {'expected':<13}", "0.3")]
+    for r in qa:
+        ans = r["answer"] or r["error"]
+        mark = "ok" if r["correct"] else "WRONG"
+        lines.append((f"{_short(r['question'], 42):<42} {_short(ans, 24):<24} "
+                      f"{_short(r['expected'], 13):<13} {mark}",
+                      _HIT if r["correct"] else _MISS))  # fmt: skip
+    size = max(5.0, min(9.0, 640.0 / max(len(lines), 1)))
+    step = 1.0 / max(len(lines) + 1, 1 / 0.022)
+    for k, (text, color) in enumerate(lines):
+        side.text(0.0, 1.0 - (k + 0.5) * step, text, family="monospace", fontsize=size,
+                  color=color, va="top", ha="left", transform=side.transAxes,
+                  fontweight="bold" if k < 4 else "normal")  # fmt: skip
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------- markdown
+
+
+def _markdown(
+    scene: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    ground: Sequence[Mapping[str, Any]],
+    qa: Sequence[Mapping[str, Any]],
+) -> str:
+    g, q, ing = metrics["grounding"], metrics["spatial_qa"], metrics["ingest"]
+    lat, mem, run = metrics["latency_ms"], metrics["memory"], metrics.get("run", {})
+    rows = [
+        "# Bag evaluation",
+        "",
+        f"Scene seed {scene['generator']['seed']}, {scene['bag']['message_counts']} messages, "
+        f"{scene['bag']['duration_s']:.1f} s of frames, replayed at x{run.get('rate', '?')}; "
+        f"encoder `{run.get('encoder', '?')}`, head `{run.get('head_path') or 'none'}`.",
+        "",
+        "![report](report.png)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| grounding n | {g['n']} |",
+        f"| Acc@0.25 | {_fmt(g['acc_at_0_25'])} |",
+        f"| Acc@0.5 | {_fmt(g['acc_at_0_5'])} |",
+        f"| median IoU | {_fmt(g['median_iou'])} |",
+        f"| spatial QA n | {q['n']} |",
+        f"| spatial QA accuracy | {_fmt(q['accuracy'])} |",
+        f"| frames received / published | {ing['frames_received']} / "
+        f"{ing.get('frames_published', '?')} |",
+        f"| keyframes (per s) | {ing['keyframes']} ({ing['keyframes_per_s']:.2f}) |",
+        f"| dropped | {ing['dropped']} {ing.get('drop_reasons') or ''} |",
+        f"| ground latency p50 / p95 (ms) | {_fmt(lat['ground_p50'], '{:.1f}')} / "
+        f"{_fmt(lat['ground_p95'], '{:.1f}')} |",
+        f"| ask latency p50 (ms) | {_fmt(lat['ask_p50'], '{:.1f}')} |",
+        f"| memory voxels | {mem['voxels']} |",
+        f"| node peak RSS (MB) | {_fmt(mem['peak_rss_mb'], '{:.0f}')} |",
+        "",
+        "## Grounding",
+        "",
+        "| # | query | target | error | top box centre | IoU | IoU (oriented) | @0.25 | @0.5 "
+        "| ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for i, r in enumerate(ground, 1):
+        c = r["boxes"][0]["center"] if r["boxes"] else None
+        centre = "—" if c is None else "(" + ", ".join(f"{v:.2f}" for v in c) + ")"
+        rows.append(
+            f"| Q{i} | {r['query']} | {r['target']} | {r['error']} | {centre} | {r['iou']:.3f} | "
+            f"{r['iou_oriented']:.3f} | {'hit' if r['hit_at_0_25'] else 'miss'} | "
+            f"{'hit' if r['hit_at_0_5'] else 'miss'} | {r['latency_ms']:.0f} |"
+        )
+    rows += ["", "## Spatial questions", "",
+             "| question | answer | expected | error | correct | ms |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in qa:
+        answer = (r["answer"] or "").replace("|", "/")
+        rows.append(f"| {r['question']} | {answer} | {r['expected']} | {r['error']} | "
+                    f"{'yes' if r['correct'] else 'no'} | {r['latency_ms']:.0f} |")  # fmt: skip
+    return "\n".join(rows) + "\n"
