@@ -31,6 +31,15 @@ def _add_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default=None, help="include this backend's options")
 
 
+def _module_adder(module: str) -> _Adder:
+    """Arguments defined by ``module.add_arguments``, imported only for that command."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(parser)
+
+    return add
+
+
 _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
     "up": (
         "llava3d_ros.ros.launcher:run",
@@ -47,10 +56,32 @@ _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
         "print versions, the ROS 2 environment and the compute devices",
         _add_info,
     ),
+    "train-head": (
+        "llava3d_ros.eval.train_head:run",
+        "render the head data set and train the default DINOv2 -> MiniLM alignment head",
+        _module_adder("llava3d_ros.eval.train_head"),
+    ),
+    "make-bag": (
+        "llava3d_ros.eval.bag:run",
+        "render a synthetic RGB-D walk-through of a composed room into a rosbag2 + scene.json",
+        _module_adder("llava3d_ros.eval.bag"),
+    ),
+    "eval": (
+        "llava3d_ros.eval.evaluate:run",
+        "replay a bag into the node and score grounding, spatial QA, ingest and latency",
+        _module_adder("llava3d_ros.eval.evaluate"),
+    ),
+    "demo": (
+        "llava3d_ros.eval.demo:run",
+        "make a short demo bag, run the node on it and print a table of answers",
+        _module_adder("llava3d_ros.eval.demo"),
+    ),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """All sub-commands are listed; only ``command``'s arguments are built, so its
+    module alone is imported (``--help`` of the top level imports none)."""
     parser = argparse.ArgumentParser(
         prog="llava3d-ros",
         description="LLaVA-3D-style 3D scene understanding for ROS 2.",
@@ -58,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (target, help_text, add_args) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_args(p)
+        if name == command:
+            add_args(p)
         p.set_defaults(_target=target)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     module_name, func_name = args._target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

@@ -33,6 +33,7 @@ from llava3d_interfaces.srv import ClearMemory, LoadMemory, SaveMemory
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -133,6 +134,10 @@ class Llava3DNode(LifecycleNode):
         self._ingest_group = MutuallyExclusiveCallbackGroup()
         self._query_group = ReentrantCallbackGroup()
         self._io_group = MutuallyExclusiveCallbackGroup()
+        self._cloud_group = MutuallyExclusiveCallbackGroup()  # slow: keep it off stats
+        # Ingest and reporting run on wall time: with use_sim_time a node must keep
+        # draining and reporting when /clock pauses or stops (bag finished).
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         if self.get_parameter("autostart").value:
             # Run the transitions from the executor once spinning starts, as a launch
             # file's lifecycle manager would, so constructor errors stay separate.
@@ -370,13 +375,19 @@ class Llava3DNode(LifecycleNode):
         self.get_logger().warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
 
     def _drain(self) -> None:
-        """Timer: move synchronised frames to the TF-wait queue, integrate what is ready."""
+        """Timer: move synchronised frames to the TF-wait queue and integrate what is
+        ready, at most one keyframe per tick so one call never holds the executor for
+        long (the encoder is the expensive step); the rest waits for the next tick."""
         if self._sync is None or self.pipeline is None or self._tf is None:
             return
         now = time.monotonic()
+        limit = 2 * self._param("sync.queue_size")
         for frame in self._sync.pop_frames():
             self._counters["frames_synced"] += 1
             self._pending.append(_PendingFrame(frame, now))
+            if len(self._pending) > limit:  # encoding can't keep up: drop the oldest
+                self._pending.popleft()
+                self._drops["backlog_overflow"] += 1
         timeout = self._param("tf.timeout_s")
         map_frame = self._param("map_frame")
         # Oldest first; a frame waiting for TF blocks nothing behind it.
@@ -393,7 +404,9 @@ class Llava3DNode(LifecycleNode):
                 else:
                     self._drop(f"tf_{exc.reason}", str(exc))
                 continue
-            self._integrate(frame, t_map_cam)
+            if self._integrate(frame, t_map_cam):
+                break
+        still_waiting.extend(self._pending)
         self._pending = still_waiting
         self._drops_from_sync()
 
@@ -403,13 +416,14 @@ class Llava3DNode(LifecycleNode):
         for reason, n in self._sync.drops.items():
             self._drops[reason] = n  # the synchroniser keeps running totals
 
-    def _integrate(self, frame: SyncedFrame, t_map_cam: np.ndarray) -> None:
+    def _integrate(self, frame: SyncedFrame, t_map_cam: np.ndarray) -> bool:
+        """True when the frame was a keyframe and went through the encoder."""
         pipe = self.pipeline
         assert pipe is not None
         stamp_s = frame.stamp_ns * 1e-9
         if pipe.keyframes.check(t_map_cam, stamp_s) is None:
             self._counters["not_keyframe"] += 1
-            return
+            return False
         t0 = time.perf_counter()
         try:
             rgb = image_to_rgb(frame.color)
@@ -427,20 +441,22 @@ class Llava3DNode(LifecycleNode):
             outcome = pipe.process_frame(rgb, depth, intr, t_map_cam, stamp_s, robot)
         except ImageConversionError as exc:
             self._drop(exc.reason, str(exc))
-            return
+            return False
         except UnsupportedEncodingError as exc:
             self._drop("unknown_encoding", str(exc))
-            return
+            return False
         except pl.FrameError as exc:
             self._drop(exc.reason, str(exc))
-            return
+            return True  # lifting ran; yield the tick like a keyframe
         except ValueError as exc:  # malformed camera info and the like
             self._drop("bad_input", str(exc))
-            return
-        if outcome.keyframe is not None:
-            self._counters["keyframes"] += 1
-            self._keyframe_times.append(time.monotonic())
-            self._latencies["keyframe"].append(time.perf_counter() - t0)
+            return False
+        if outcome.keyframe is None:
+            return False
+        self._counters["keyframes"] += 1
+        self._keyframe_times.append(time.monotonic())
+        self._latencies["keyframe"].append(time.perf_counter() - t0)
+        return True
 
     # ------------------------------------------------------------------ queries
 
