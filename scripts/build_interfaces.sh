@@ -10,7 +10,8 @@ py="$venv/bin/python"
 # built on; point them at this venv's Python and numpy headers.
 py_inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 np_inc=$("$py" -c 'import numpy; print(numpy.get_include())')
-grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null \
+# (grep finds nothing once a previous run rewrote them: not an error, hence `|| true`.)
+{ grep -rlZ --include='*.cmake' '/opt/python/cp311-cp311' "$venv/share" 2>/dev/null || true; } \
   | xargs -0 -r sed -i \
       -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#${np_inc}#g" \
       -e "s#/opt/python/cp311-cp311/include/python3.11#${py_inc}#g"
