@@ -208,6 +208,18 @@ class EvalResult:
     out: Path | None = None
 
 
+def _head_in_use(params: dict[str, Any]) -> str:
+    """The grounding head the node loads: the params' ``encoder.head_path``, else the
+    shipped default (the node's own fallback, see ``ros.params``); "" when none."""
+    from llava3d_ros.ros.params import encoder_config_from_params
+
+    encoder = params.get("encoder", {})
+    if encoder.get("backend", "dinov2_onnx") != "dinov2_onnx":
+        return ""
+    resolved = encoder_config_from_params("dinov2_onnx", dict(encoder))
+    return str(resolved.get("head_path", ""))
+
+
 def _node_params(cfg: EvalConfig, path: Path) -> dict[str, Any]:
     params: dict[str, Any] = {
         "use_sim_time": True,
@@ -457,7 +469,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         _wait(replayer.subscribers_ready, cfg.start_timeout_s, "the node's subscriptions", node)
         timings["node_start_s"] = time.monotonic() - t0
         _say(cfg, f"node ready in {timings['node_start_s']:.1f} s "
-                  f"(head: {params.get('encoder', {}).get('head_path', 'none')})")  # fmt: skip
+                  f"(head: {_head_in_use(params) or 'none'})")  # fmt: skip
         ticker.stop()
         ticker = None
 
@@ -570,7 +582,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "rate": cfg.rate,
             "queries": str(cfg.queries) if cfg.queries else "scene.json",
             "encoder": str(stats.encoder),
-            "head_path": params.get("encoder", {}).get("head_path", ""),
+            "head_path": _head_in_use(params),
             "error_codes": errors,
             "node_exit_code": node_code,
             "dds_defaults_applied": sorted(env_set),
