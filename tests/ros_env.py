@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
+
+from llava3d_ros.ros.domains import claim_domain_id as _claim
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_localhost.xml"
 
 # Domains 101..200: clear of the default domain 0 and inside Fast DDS's port range (<= 232).
 _DOMAIN_RANGE = range(101, 201)
-_held_locks: list[object] = []
 
 
 def claim_domain_id() -> int:
-    """A ROS_DOMAIN_ID no other live test process on this machine holds.
-
-    An exclusive flock per domain (released by the kernel when the process dies)
-    makes concurrent pytest runs and xdist workers collision-free without retries."""
-    lock_dir = Path(tempfile.gettempdir()) / "llava3d_ros_test_domains"
-    lock_dir.mkdir(exist_ok=True)
+    """A ROS_DOMAIN_ID no other live test process on this machine holds."""
     start = os.getpid() % len(_DOMAIN_RANGE)  # spread the search, not correctness
-    for offset in range(len(_DOMAIN_RANGE)):
-        domain = _DOMAIN_RANGE[(start + offset) % len(_DOMAIN_RANGE)]
-        handle = open(lock_dir / f"{domain}.lock", "w")  # noqa: SIM115 - held for the process life
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _held_locks.append(handle)
-        return domain
-    raise RuntimeError(f"no free ROS_DOMAIN_ID in {_DOMAIN_RANGE}")
+    return _claim(_DOMAIN_RANGE, "llava3d_ros_test_domains", start)
 
 
 def configure_ros_environment(env: MutableMapping[str, str], domain_id: int, ros_home: str) -> None:

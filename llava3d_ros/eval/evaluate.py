@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -67,7 +65,6 @@ __all__ = [
 #: Ingest counts as drained once the node's counters stayed unchanged this long.
 DRAIN_QUIET_S = 2.0
 _EVAL_DOMAINS = range(201, 233)  # clear of the tests' 101-200; Fast DDS allows <= 232
-_held_domain_locks: list[Any] = []
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -93,18 +90,9 @@ def package_file(*parts: str) -> Path:
 
 
 def _claim_domain() -> int:
-    lock_dir = Path(tempfile.gettempdir()) / "llava3d_ros_eval_domains"
-    lock_dir.mkdir(exist_ok=True)
-    for domain in _EVAL_DOMAINS:
-        handle = open(lock_dir / f"{domain}.lock", "w")  # noqa: SIM115 - held while we live
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        _held_domain_locks.append(handle)
-        return domain
-    raise RuntimeError(f"every ROS_DOMAIN_ID in {_EVAL_DOMAINS} is held by another evaluation")
+    from llava3d_ros.ros.domains import claim_domain_id
+
+    return claim_domain_id(_EVAL_DOMAINS, "llava3d_ros_eval_domains")
 
 
 def prepare_ros_environment(env: dict[str, str] | None = None) -> dict[str, str]:
