@@ -304,6 +304,7 @@ class _Monitor:
 
     def __init__(self) -> None:
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from llava3d_interfaces.msg import MemoryStats
         from rclpy.context import Context
         from rclpy.executors import MultiThreadedExecutor
@@ -320,7 +321,9 @@ class _Monitor:
         self.stats_seq = 0
         self.cloud: Any = None
         self.cloud_wall = 0.0
+        self.diagnostics: dict[str, str] = {}
         self.node.create_subscription(MemoryStats, "/llava3d/memory_stats", self._on_stats, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_subscription(
             PointCloud2, "/llava3d/memory_cloud", self._on_cloud, QoSProfile(depth=2)
         )
@@ -337,6 +340,12 @@ class _Monitor:
         with self.lock:
             self.stats, self.stats_wall = msg, time.monotonic()
             self.stats_seq += 1
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name == "llava3d: memory":
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def _on_cloud(self, msg: Any) -> None:
         with self.lock:
@@ -526,6 +535,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         qa_records = [_ask_one(client, q, cfg) for q in ask_q]
         timings["queries_wall_s"] = time.monotonic() - t_q
         peak_rss = _peak_rss_mb(node.proc.pid)
+        with monitor.lock:
+            diagnostics = dict(monitor.diagnostics)
     finally:
         if ticker is not None:
             ticker.stop()
@@ -550,6 +561,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "drop_reasons": drops,
         "ingest_wall_s": round(ingest_wall, 2),
         "replay_lag_max_s": round(replay.max_lag_s, 3),
+        # The node's own per-keyframe stage medians (ms), from its last /diagnostics.
+        "keyframe_p50_ms": {
+            k.removeprefix("keyframe_").removesuffix("_p50_ms"): float(v)
+            for k, v in diagnostics.items()
+            if k.startswith("keyframe_") and k.endswith("_p50_ms")
+        },
     }
     memory = {
         "voxels": int(stats.num_voxels),

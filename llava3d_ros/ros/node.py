@@ -7,14 +7,25 @@ starts ingest; deactivate stops ingest (queries then answer NOT_ACTIVE); cleanup
 the models. With ``autostart`` (default true) the node configures and activates itself.
 
 Ingest follows the nvblox pattern: subscription callbacks only enqueue into bounded
-queues; a timer drains them, pairs colour and depth, waits (without blocking) for the
-transform at the image stamp, selects keyframes, encodes, lifts and fuses. Every frame
-that is not integrated is counted by reason.
+queues; an ingest worker drains them, pairs colour and depth, waits (without blocking)
+for the transform at the image stamp, selects keyframes, encodes, lifts and fuses. Every
+frame that is not integrated is counted by reason.
+
+Threads, chosen so the encoder gets the CPU: the sensor subscriptions (images, camera
+info, /tf) live on an internal node ``<name>_sensors`` spun by its own single-threaded
+executor, because rclpy's executors rebuild the wait set in Python on every wake-up
+over every entity of their nodes (the lifecycle, parameter and action services run to
+~50), which at 10 Hz RGB-D kept a whole core busy. The ingest worker is a plain thread,
+not an executor timer: a MultiThreadedExecutor busy-polls a timer that is due while its
+callback group still runs (ros2/rclpy#1223), which a 20 ms drain timer around a
+100-300 ms encoder call always is. The worker sleeps on an event the image callbacks
+set. Queries and services run on the node's MultiThreadedExecutor.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import threading
@@ -30,13 +41,25 @@ from geometry_msgs.msg import Pose, Vector3
 from llava3d_interfaces.action import Ask, Describe, Ground
 from llava3d_interfaces.msg import GroundedObject, MemoryStats
 from llava3d_interfaces.srv import ClearMemory, LoadMemory, SaveMemory
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time_source import TimeSource
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -117,7 +140,8 @@ class Llava3DNode(LifecycleNode):
         self._drops: collections.Counter[str] = collections.Counter()
         self._counters: collections.Counter[str] = collections.Counter()
         self._latencies: dict[str, collections.deque[float]] = {
-            k: collections.deque(maxlen=200) for k in ("ground", "ask", "describe", "keyframe")
+            k: collections.deque(maxlen=200)
+            for k in ("ground", "ask", "describe", "keyframe", "convert", "lift", "encode", "fuse")
         }
         self._input_times: collections.deque[float] = collections.deque(maxlen=300)
         self._keyframe_times: collections.deque[float] = collections.deque(maxlen=300)
@@ -131,7 +155,26 @@ class Llava3DNode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._tf: TfSource | None = None
         self._sync: RgbdSynchronizer | None = None
-        self._ingest_group = MutuallyExclusiveCallbackGroup()
+        # High-rate sensor traffic on its own node and executor (see the module doc).
+        # Same context, so the same remappings and namespace apply.
+        # use_sim_time is the main node's; the sensor node's own time source stays off.
+        self._sensors = Node(
+            f"{node_name}_sensors",
+            context=self.context,
+            start_parameter_services=False,
+            parameter_overrides=[Parameter("use_sim_time", value=False)],
+        )
+        self._sensor_clock = self._route_clock_to_sensors()
+        self._sensor_executor = SingleThreadedExecutor(context=self.context)
+        self._sensor_executor.add_node(self._sensors)
+        self._sensor_thread = threading.Thread(
+            target=self._spin_sensors, name="llava3d_sensors", daemon=True
+        )
+        self._sensor_thread.start()
+        self._ingest_thread: threading.Thread | None = None
+        self._ingest_stop = threading.Event()
+        self._ingest_wake = threading.Event()
+        self._ingest_settings: dict[str, Any] = {}
         self._query_group = ReentrantCallbackGroup()
         self._io_group = MutuallyExclusiveCallbackGroup()
         self._cloud_group = MutuallyExclusiveCallbackGroup()  # slow: keep it off stats
@@ -142,6 +185,39 @@ class Llava3DNode(LifecycleNode):
             # Run the transitions from the executor once spinning starts, as a launch
             # file's lifecycle manager would, so constructor errors stay separate.
             self._autostart_timer = self.create_timer(0.0, self._autostart)
+
+    def _route_clock_to_sensors(self) -> TimeSource:
+        """/clock (40 Hz from ``ros2 bag play``, up to 1 kHz from simulators) is received
+        on the sensor node, and this node's clock follows it from there: on the query
+        executor every /clock message cost a full wait-set rebuild, most of a core."""
+        clock_source = TimeSource(node=self._sensors)
+        own = getattr(self, "_time_source", None)  # rclpy.node.Node's time source
+        if own is not None:
+            own.detach_node()  # drops this node's /clock subscription
+        clock_source.attach_clock(self.get_clock())
+        clock_source.ros_time_is_active = bool(self.get_parameter("use_sim_time").value)
+
+        def on_set(params: list[Parameter]) -> SetParametersResult:
+            for param in params:
+                if param.name == "use_sim_time" and param.type_ == Parameter.Type.BOOL:
+                    clock_source.ros_time_is_active = bool(param.value)
+            return SetParametersResult(successful=True)
+
+        self.add_on_set_parameters_callback(on_set)
+        return clock_source
+
+    def _spin_sensors(self) -> None:
+        # Ends when the context shuts down (Ctrl-C) or destroy_node shuts the executor down.
+        with contextlib.suppress(ExternalShutdownException, RuntimeError):
+            self._sensor_executor.spin()
+
+    def destroy_node(self) -> None:
+        self._ingest_stop.set()
+        self._ingest_wake.set()
+        self._sensor_executor.shutdown(timeout_sec=2.0)
+        self._sensor_thread.join(timeout=5.0)
+        self._sensors.destroy_node()
+        super().destroy_node()
 
     # ------------------------------------------------------------------ parameters
 
@@ -253,7 +329,7 @@ class Llava3DNode(LifecycleNode):
             self.create_service(LoadMemory, "~/load_memory", self._on_load, callback_group=io),
             self.create_service(ClearMemory, "~/clear_memory", self._on_clear, callback_group=io),
         ]
-        self._tf = TfSource(self, cache_s=self._param("tf.cache_s"))
+        self._tf = TfSource(self._sensors, cache_s=self._param("tf.cache_s"))
         return TransitionCallbackReturn.SUCCESS
 
     def _load_lmm(self, config: pl.PipelineConfig) -> Any:
@@ -286,20 +362,36 @@ class Llava3DNode(LifecycleNode):
         )
         sync = self._sync
         self._ingest_subs = [
-            self.create_subscription(Image, self._param("color_topic"), self._on_color, qos),
-            self.create_subscription(Image, self._param("depth_topic"), self._on_depth, qos),
-            self.create_subscription(
+            self._sensors.create_subscription(
+                Image, self._param("color_topic"), self._on_color, qos
+            ),
+            self._sensors.create_subscription(
+                Image, self._param("depth_topic"), self._on_depth, qos
+            ),
+            self._sensors.create_subscription(
                 CameraInfo, self._param("camera_info_topic"), sync.add_camera_info, qos
             ),
         ]
+        self._ingest_settings = {
+            name: self._param(name)
+            for name in ("ingest.period_s", "sync.queue_size", "tf.timeout_s", "map_frame",
+                         "camera_frame", "robot_frame")
+        }  # fmt: skip
+        self._ingest_stop.clear()
+        self._ingest_thread = threading.Thread(
+            target=self._ingest_loop, name="llava3d_ingest", daemon=True
+        )
+        self._ingest_thread.start()
         self._ingest_timers = [
-            self.create_timer(self._param("ingest.period_s"), self._drain, self._ingest_group),
-            self.create_timer(self._param("stats_period_s"), self._publish_stats, self._io_group),
+            self.create_timer(
+                self._param("stats_period_s"), self._publish_stats, self._io_group, self._steady
+            ),
         ]
         if self._param("cloud_period_s") > 0:
             self._ingest_timers.append(
                 self.create_timer(
-                    self._param("cloud_period_s"), self._publish_cloud, self._io_group
+                    self._param("cloud_period_s"), self._publish_cloud, self._cloud_group,
+                    self._steady,
                 )
             )
         self._active = True
@@ -328,10 +420,15 @@ class Llava3DNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_ingest(self) -> None:
+        self._ingest_stop.set()
+        self._ingest_wake.set()
+        thread, self._ingest_thread = self._ingest_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # at most the keyframe being encoded
         for timer in self._ingest_timers:
             self.destroy_timer(timer)
         for sub in self._ingest_subs:
-            self.destroy_subscription(sub)
+            self._sensors.destroy_subscription(sub)
         self._ingest_timers, self._ingest_subs = [], []
         self._pending.clear()
 
@@ -354,11 +451,13 @@ class Llava3DNode(LifecycleNode):
         self._input_times.append(time.monotonic())
         if self._sync is not None:
             self._sync.add_color(stamp_to_ns(msg.header.stamp), msg)
+            self._ingest_wake.set()
 
     def _on_depth(self, msg: Image) -> None:
         self._counters["depth_received"] += 1
         if self._sync is not None:
             self._sync.add_depth(stamp_to_ns(msg.header.stamp), msg)
+            self._ingest_wake.set()
 
     def _intrinsics(self, info: CameraInfo) -> CameraIntrinsics:
         cached = self._intrinsics_cache
@@ -374,28 +473,46 @@ class Llava3DNode(LifecycleNode):
         self._drops[reason] += 1
         self.get_logger().warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
 
-    def _drain(self) -> None:
-        """Timer: move synchronised frames to the TF-wait queue and integrate what is
-        ready, at most one keyframe per tick so one call never holds the executor for
-        long (the encoder is the expensive step); the rest waits for the next tick."""
+    def _ingest_loop(self) -> None:
+        """The ingest worker: sleeps until an image arrives (or ``ingest.period_s`` passes,
+        to retry frames waiting for TF), then drains until nothing is ready."""
+        period = self._ingest_settings["ingest.period_s"]
+        while not self._ingest_stop.is_set():
+            self._ingest_wake.wait(period)
+            self._ingest_wake.clear()
+            try:
+                while not self._ingest_stop.is_set() and self._drain():
+                    pass
+            except Exception as exc:  # keep ingesting; a bug must not stop the memory
+                self._drops["internal_error"] += 1
+                self.get_logger().error(
+                    f"ingest failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
+                )
+
+    def _drain(self) -> bool:
+        """Move synchronised frames to the TF-wait queue and integrate what is ready, at
+        most one keyframe per call so a stop request waits for one encoder call at most.
+        True when a keyframe was integrated (more may be ready)."""
         if self._sync is None or self.pipeline is None or self._tf is None:
-            return
+            return False
+        settings = self._ingest_settings
         now = time.monotonic()
-        limit = 2 * self._param("sync.queue_size")
+        limit = 2 * settings["sync.queue_size"]
         for frame in self._sync.pop_frames():
             self._counters["frames_synced"] += 1
             self._pending.append(_PendingFrame(frame, now))
             if len(self._pending) > limit:  # encoding can't keep up: drop the oldest
                 self._pending.popleft()
                 self._drops["backlog_overflow"] += 1
-        timeout = self._param("tf.timeout_s")
-        map_frame = self._param("map_frame")
+        timeout = settings["tf.timeout_s"]
+        map_frame = settings["map_frame"]
         # Oldest first; a frame waiting for TF blocks nothing behind it.
         still_waiting: collections.deque[_PendingFrame] = collections.deque()
+        integrated = False
         while self._pending:
             item = self._pending.popleft()
             frame = item.frame
-            camera_frame = self._param("camera_frame") or frame.color.header.frame_id
+            camera_frame = settings["camera_frame"] or frame.color.header.frame_id
             try:
                 t_map_cam = self._tf.lookup(map_frame, camera_frame, frame.stamp_ns)
             except TransformUnavailableError as exc:
@@ -405,10 +522,12 @@ class Llava3DNode(LifecycleNode):
                     self._drop(f"tf_{exc.reason}", str(exc))
                 continue
             if self._integrate(frame, t_map_cam):
+                integrated = True
                 break
         still_waiting.extend(self._pending)
         self._pending = still_waiting
         self._drops_from_sync()
+        return integrated
 
     def _drops_from_sync(self) -> None:
         if self._sync is None:
@@ -430,10 +549,13 @@ class Llava3DNode(LifecycleNode):
             raw_depth = depth_image_to_array(frame.depth)
             depth = depth_to_meters(raw_depth, frame.depth.encoding)
             intr = self._intrinsics(frame.info)
+            t_convert = time.perf_counter() - t0
             robot = None
             try:
                 t_map_robot = self._tf.lookup(  # type: ignore[union-attr]
-                    self._param("map_frame"), self._param("robot_frame"), frame.stamp_ns
+                    self._ingest_settings["map_frame"],
+                    self._ingest_settings["robot_frame"],
+                    frame.stamp_ns,
                 )
                 robot = t_map_robot[:3, 3]
             except TransformUnavailableError:
@@ -456,6 +578,9 @@ class Llava3DNode(LifecycleNode):
         self._counters["keyframes"] += 1
         self._keyframe_times.append(time.monotonic())
         self._latencies["keyframe"].append(time.perf_counter() - t0)
+        self._latencies["convert"].append(t_convert)
+        for stage in ("lift", "encode", "fuse"):
+            self._latencies[stage].append(outcome.timings.get(stage, 0.0))
         return True
 
     # ------------------------------------------------------------------ queries
@@ -787,13 +912,18 @@ class Llava3DNode(LifecycleNode):
         status = DiagnosticStatus(name="llava3d: memory", hardware_id="llava3d")
         input_rate = self._rate(self._input_times)
         tf_drops = sum(v for k, v in self._drops.items() if k.startswith("tf_"))
-        p50 = float(np.median(self._latencies["ground"])) if self._latencies["ground"] else 0.0
+        def p50_ms(kind: str) -> str:
+            times = self._latencies[kind]
+            return f"{1e3 * float(np.median(times)) if times else 0.0:.1f}"
+
         values = {
             "input_rate_hz": f"{input_rate:.2f}",
             "keyframe_rate_hz": f"{self._rate(self._keyframe_times):.2f}",
             "tf_drops": str(tf_drops),
             "total_drops": str(sum(self._drops.values())),
-            "ground_latency_p50_ms": f"{p50 * 1e3:.1f}",
+            "ground_latency_p50_ms": p50_ms("ground"),
+            "keyframe_latency_p50_ms": p50_ms("keyframe"),
+            **{f"keyframe_{s}_p50_ms": p50_ms(s) for s in ("convert", "lift", "encode", "fuse")},
             "memory_voxels": str(stats.num_voxels),
             "pending_tf_frames": str(len(self._pending)),
         }
@@ -858,17 +988,24 @@ def yaw_quaternion(yaw: float) -> np.ndarray:
     return quaternion_from_rotation_matrix(yaw_matrix(yaw))
 
 
-def pca_colors(features: np.ndarray) -> np.ndarray:
+def pca_colors(features: np.ndarray, max_sample: int = 2048) -> np.ndarray:
     """(N, C) features -> (N, 3) uint8: the top 3 principal components as RGB, so voxels
-    with similar features share a colour (what RViz users read as "same stuff")."""
-    x = features.astype(np.float64)
+    with similar features share a colour (what RViz users read as "same stuff").
+
+    The components come from the C x C covariance of at most ``max_sample`` evenly spaced
+    rows (an SVD of every row took seconds at 384 channels and kept a core busy), with
+    signs fixed so the largest loading is positive: colours stay put between messages."""
+    x = features.astype(np.float32, copy=False)
     x = x[:, np.all(np.isfinite(x), axis=0)] if x.size else x
     if len(x) < 3 or x.shape[1] < 3:
         return np.full((len(features), 3), 200, np.uint8)
-    x = x - x.mean(axis=0)
-    sample = x[:: max(1, len(x) // 5000)]
-    _, _, vt = np.linalg.svd(sample, full_matrices=False)
-    proj = x @ vt[:3].T
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    sample = (x[:: max(1, len(x) // max_sample)] - mean).astype(np.float64)
+    _, vectors = np.linalg.eigh(sample.T @ sample)
+    comps = vectors[:, ::-1][:, :3]
+    comps *= np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(3)])
+    comps32 = comps.astype(np.float32)
+    proj = x @ comps32 - mean @ comps32
     lo, hi = np.percentile(proj, 2, axis=0), np.percentile(proj, 98, axis=0)
     return (np.clip((proj - lo) / np.maximum(hi - lo, 1e-9), 0, 1) * 255).astype(np.uint8)
 

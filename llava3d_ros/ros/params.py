@@ -45,7 +45,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("tf.timeout_s", 0.5, "how long a frame waits for its transform before it is dropped", 0.0, 30.0),
     ParamSpec("tf.cache_s", 30.0, "history kept by the fallback TF buffer (when tf2_ros is absent)", 1.0, 600.0),
     ParamSpec("ingest.torch_threads", 0, "torch CPU threads (0 = torch default; 1 is fastest on a loaded 2-core CPU)", 0, 256),
-    ParamSpec("ingest.period_s", 0.02, "period of the timer that drains the input queues", 0.001, 1.0),
+    ParamSpec("ingest.period_s", 0.02, "how often the ingest worker retries frames waiting for TF (new images wake it at once)", 0.001, 1.0),
     # --- memory
     ParamSpec("memory.voxel_size", 0.05, "voxel edge (m) of the patch memory", 0.005, 1.0),
     ParamSpec("memory.max_voxels", 100000, "hard bound on voxels (least recently seen evicted)", 1, 50_000_000),
