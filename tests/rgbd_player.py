@@ -15,11 +15,14 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
 
+from llava3d_ros.core.geometry import make_transform, quaternion_from_rotation_matrix
 from llava3d_ros.ros.conversions import fill_image, ns_to_stamp
 
 # Middlebury 2014 "Motorcycle" (scikit-image's 4x down-sampled copy) calibration.
 MB_F, MB_CX, MB_CY, MB_DOFFS, MB_BASELINE_M = 994.978, 311.193, 254.877, 31.086, 0.193001
 CAMERA_FRAME = "camera_color_optical_frame"
+# base_link (x forward, z up) -> optical (z forward, x right, y down), 1 m above the base
+BASE_TO_OPTICAL_XYZ, BASE_TO_OPTICAL_QUAT = (0.0, 0.0, 1.0), (-0.5, 0.5, -0.5, 0.5)
 
 
 @dataclass
@@ -72,11 +75,19 @@ class RgbdPlayer:
         )
 
     def publish_static(self) -> None:
-        # base_link (x forward, z up) -> optical (z forward, x right, y down)
-        q = (-0.5, 0.5, -0.5, 0.5)
         stamp = Time()
-        self.tf_static.publish(
-            TFMessage(transforms=[_transform("base_link", CAMERA_FRAME, stamp, (0.0, 0.0, 1.0), q)])
+        t = _transform("base_link", CAMERA_FRAME, stamp, BASE_TO_OPTICAL_XYZ, BASE_TO_OPTICAL_QUAT)
+        self.tf_static.publish(TFMessage(transforms=[t]))
+
+    def publish_camera_pose(self, stamp_ns: int, t_map_camera: np.ndarray) -> None:
+        """map -> base_link such that map -> optical frame is ``t_map_camera`` (4x4)."""
+        t_base_cam = make_transform(BASE_TO_OPTICAL_XYZ, BASE_TO_OPTICAL_QUAT)
+        t_map_base = t_map_camera @ np.linalg.inv(t_base_cam)
+        q = quaternion_from_rotation_matrix(t_map_base[:3, :3])
+        stamp = ns_to_stamp(stamp_ns, Time())
+        xyz = tuple(float(v) for v in t_map_base[:3, 3])
+        self.tf.publish(
+            TFMessage(transforms=[_transform("map", "base_link", stamp, xyz, tuple(map(float, q)))])
         )
 
     def publish_pose(self, stamp_ns: int, x: float, yaw: float = 0.0) -> None:

@@ -242,3 +242,33 @@ def test_planner_client_api(client_side, start_process, tmp_path, real_frame) ->
         described = client.describe((2.5, 0.0, 1.0), size=(4.0, 4.0, 4.0), frame_id="map")
         assert described.ok and described.answered_by == "geometry"
         assert described.objects[0].num_voxels > 0
+
+
+def test_sim_time_follows_clock_received_off_the_query_executor(
+    client_side, start_process, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """With use_sim_time, result and stats stamps follow /clock, which the internal
+    sensor node receives (not the node serving queries: every /clock message there cost a
+    wait-set rebuild on its executor), and reporting does not stop when /clock does."""
+    from builtin_interfaces.msg import Time
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+
+    n = NodeUnderTest(client_side, start_process, tmp_path, use_sim_time=True, **NO_HEAD)
+    clock = n.node.create_publisher(
+        Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    )
+    wait_until(lambda: clock.get_subscription_count() > 0, 30.0, "a /clock subscriber")
+    readers = {i.node_name for i in n.node.get_subscriptions_info_by_topic("/clock")}
+    assert readers == {"llava3d_sensors"}, readers
+    clock.publish(Clock(clock=Time(sec=1234, nanosec=500_000_000)))
+
+    def stamped() -> bool:
+        s = n.latest().header.stamp
+        return (s.sec, s.nanosec) == (1234, 500_000_000)
+
+    wait_until(stamped, 30.0, "stats stamped with the /clock time")
+    count = len(n.stats)
+    wait_until(lambda: len(n.stats) >= count + 3, 30.0, "stats while /clock is paused")
+    r = n.send(n.ground, Ground.Goal(query="anything"))
+    assert (r.result.header.stamp.sec, r.result.header.stamp.nanosec) == (1234, 500_000_000)
