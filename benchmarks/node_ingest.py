@@ -85,8 +85,7 @@ def render_frames(cfg: B.BagConfig) -> tuple[list[tuple[np.ndarray, ...]], Camer
         k = renderer.intrinsics
     finally:
         renderer.close()
-    return frames, CameraIntrinsics(fx=k.fx, fy=k.fy, cx=k.cx, cy=k.cy,
-                                    width=k.width, height=k.height)  # fmt: skip
+    return frames, k
 
 
 def bench_inprocess(frames: list[tuple[np.ndarray, ...]], intr: CameraIntrinsics) -> dict:

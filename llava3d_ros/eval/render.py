@@ -39,16 +39,18 @@ import trimesh
 from OpenGL.GL import GL_MULTISAMPLE
 from pyrender.constants import GLTF, RenderFlags
 
+from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.eval.assets import load_asset
 
 __all__ = [
     "OPTICAL_TO_GL",
-    "CameraIntrinsics",
+    "CameraIntrinsics",  # core.geometry's, re-exported: frames carry the node's type
     "RGBDRenderer",
     "RenderScene",
     "RenderedFrame",
     "colorize_depth",
     "colorize_instance",
+    "default_intrinsics",
     "frame_panel",
     "mesh_from_trimesh",
 ]
@@ -60,27 +62,13 @@ _MAX_INSTANCE_ID = (1 << 24) - 1  # ids travel as 24-bit RGB in the segmentation
 _SMOOTH_MIN_FACES = 2000
 
 
-@dataclass(frozen=True)
-class CameraIntrinsics:
-    """Pinhole intrinsics in pixels (OpenCV convention) for a ``width`` x ``height`` image."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-    @classmethod
-    def default(cls, width: int = 640, height: int = 480) -> CameraIntrinsics:
-        """A 525 px focal length at VGA (Kinect / RealSense-like, ~63 deg horizontal FOV),
-        scaled with the width, principal point at the image centre."""
-        f = 525.0 * width / 640.0
-        return cls(width, height, f, f, (width - 1) / 2.0, (height - 1) / 2.0)
-
-    @property
-    def K(self) -> np.ndarray:  # noqa: N802 - the usual name for the matrix
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+def default_intrinsics(width: int = 640, height: int = 480) -> CameraIntrinsics:
+    """A 525 px focal length at VGA (Kinect / RealSense-like, ~63 deg horizontal FOV),
+    scaled with the width, principal point at the image centre."""
+    f = 525.0 * width / 640.0
+    return CameraIntrinsics(
+        fx=f, fy=f, cx=(width - 1) / 2.0, cy=(height - 1) / 2.0, width=width, height=height
+    )
 
 
 @dataclass
@@ -246,14 +234,14 @@ class RGBDRenderer:
         ``cx, cy`` to the image centre. ``antialias`` turns on pyrender's 4x MSAA for the
         colour image (smoother edges, ~2.4x slower on a CPU GL); depth and instance ids
         are never antialiased."""
-        d = CameraIntrinsics.default(width, height)
+        d = default_intrinsics(width, height)
         self.intrinsics = CameraIntrinsics(
-            width,
-            height,
-            d.fx if fx is None else float(fx),
-            (d.fy if fx is None else float(fx)) if fy is None else float(fy),
-            d.cx if cx is None else float(cx),
-            d.cy if cy is None else float(cy),
+            fx=d.fx if fx is None else float(fx),
+            fy=(d.fy if fx is None else float(fx)) if fy is None else float(fy),
+            cx=d.cx if cx is None else float(cx),
+            cy=d.cy if cy is None else float(cy),
+            width=width,
+            height=height,
         )
         self.znear, self.zfar = float(znear), float(zfar)
         k = self.intrinsics

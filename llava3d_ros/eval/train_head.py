@@ -524,7 +524,6 @@ def grounding_eval(
     import numpy as np
 
     from llava3d_ros.core.encoders import create_encoders
-    from llava3d_ros.core.geometry import CameraIntrinsics
     from llava3d_ros.core.pipeline import PipelineConfig, ScenePipeline
     from llava3d_ros.core.spatial import Box3D
     from llava3d_ros.eval.render import RGBDRenderer
@@ -545,8 +544,7 @@ def grounding_eval(
     )
     pipe_cfg = {"memory": {"device": "cpu"}, **dict(pipeline_config or {})}
     renderer = RGBDRenderer(width, height)
-    k = renderer.intrinsics
-    intr = CameraIntrinsics(width=k.width, height=k.height, fx=k.fx, fy=k.fy, cx=k.cx, cy=k.cy)
+    intr = renderer.intrinsics
     rows: list[dict[str, Any]] = []
     bar = _Progress(len(seeds), "grounding held-out rooms", "room", progress)
     t0 = time.perf_counter()

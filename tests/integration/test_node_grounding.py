@@ -59,7 +59,6 @@ def walkthrough():  # type: ignore[no-untyped-def]
 def _reference_pipeline(poses, frames):  # type: ignore[no-untyped-def]
     """The node's pipeline (its defaults plus OVERRIDES), in this process."""
     from llava3d_ros.core.encoders import create_encoders
-    from llava3d_ros.core.geometry import CameraIntrinsics
     from llava3d_ros.core.pipeline import ScenePipeline
     from llava3d_ros.ros import params as P
 
@@ -69,9 +68,7 @@ def _reference_pipeline(poses, frames):  # type: ignore[no-untyped-def]
     values.update(OVERRIDES)
     pipe = ScenePipeline(P.pipeline_config_from_params(values, encoder), create_encoders(encoder))
     for i, (pose, f) in enumerate(zip(poses, frames, strict=True)):
-        k = f.intrinsics
-        intr = CameraIntrinsics(width=k.width, height=k.height, fx=k.fx, fy=k.fy, cx=k.cx, cy=k.cy)
-        pipe.process_frame(f.rgb, f.depth, intr, pose, float(10 + i))
+        pipe.process_frame(f.rgb, f.depth, f.intrinsics, pose, float(10 + i))
     return pipe
 
 

@@ -14,6 +14,7 @@ from llava3d_ros.eval.render import (
     RGBDRenderer,
     colorize_depth,
     colorize_instance,
+    default_intrinsics,
     frame_panel,
     mesh_from_trimesh,
 )
@@ -59,9 +60,10 @@ def _unproject(frame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_default_intrinsics() -> None:
-    k = CameraIntrinsics.default()
+    k = default_intrinsics()
+    assert isinstance(k, CameraIntrinsics)  # the node's type: frames go to the pipeline as-is
     assert (k.width, k.height, k.fx, k.fy, k.cx, k.cy) == (640, 480, 525.0, 525.0, 319.5, 239.5)
-    np.testing.assert_allclose(k.K, [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]])
+    np.testing.assert_allclose(k.as_matrix(), [[525, 0, 319.5], [0, 525, 239.5], [0, 0, 1]])
 
 
 def test_depth_is_metric_and_unprojects_onto_the_surface(renderer: RGBDRenderer) -> None:
@@ -174,6 +176,6 @@ def test_visualisation_helpers_shapes() -> None:
     from llava3d_ros.eval.render import RenderedFrame
 
     frame = RenderedFrame(
-        np.zeros((4, 5, 3), np.uint8), depth, inst, CameraIntrinsics.default(5, 4), np.eye(4)
+        np.zeros((4, 5, 3), np.uint8), depth, inst, default_intrinsics(5, 4), np.eye(4)
     )
     assert frame_panel(frame).shape == (4, 15, 3)
