@@ -12,7 +12,7 @@ for the transform at the image stamp, selects keyframes, encodes, lifts and fuse
 frame that is not integrated is counted by reason.
 
 Threads, chosen so the encoder gets the CPU: the sensor subscriptions (images, camera
-info, /tf) live on an internal node ``<name>_sensors`` spun by its own single-threaded
+info, /tf, /clock) live on an internal node ``<name>_sensors`` spun by its own single-threaded
 executor, because rclpy's executors rebuild the wait set in Python on every wake-up
 over every entity of their nodes (the lifecycle, parameter and action services run to
 ~50), which at 10 Hz RGB-D kept a whole core busy. The ingest worker is a plain thread,
@@ -87,6 +87,9 @@ from llava3d_ros.ros.sync import RgbdSynchronizer, SyncedFrame
 from llava3d_ros.ros.tf_buffer import TransformUnavailableError
 from llava3d_ros.ros.tf_source import TfSource
 
+#: Per-keyframe stages whose medians /diagnostics reports (convert: ROS images -> arrays).
+_KEYFRAME_STAGES = ("convert", "lift", "encode", "fuse")
+
 # pipeline outcome code -> error code constant name (same names in every action)
 _ERROR_NAMES = {
     pl.OK: "NONE",
@@ -141,7 +144,7 @@ class Llava3DNode(LifecycleNode):
         self._counters: collections.Counter[str] = collections.Counter()
         self._latencies: dict[str, collections.deque[float]] = {
             k: collections.deque(maxlen=200)
-            for k in ("ground", "ask", "describe", "keyframe", "convert", "lift", "encode", "fuse")
+            for k in ("ground", "ask", "describe", "keyframe", *_KEYFRAME_STAGES)
         }
         self._input_times: collections.deque[float] = collections.deque(maxlen=300)
         self._keyframe_times: collections.deque[float] = collections.deque(maxlen=300)
@@ -578,9 +581,9 @@ class Llava3DNode(LifecycleNode):
         self._counters["keyframes"] += 1
         self._keyframe_times.append(time.monotonic())
         self._latencies["keyframe"].append(time.perf_counter() - t0)
-        self._latencies["convert"].append(t_convert)
-        for stage in ("lift", "encode", "fuse"):
-            self._latencies[stage].append(outcome.timings.get(stage, 0.0))
+        for stage in _KEYFRAME_STAGES:
+            took = t_convert if stage == "convert" else outcome.timings.get(stage, 0.0)
+            self._latencies[stage].append(took)
         return True
 
     # ------------------------------------------------------------------ queries
@@ -923,7 +926,7 @@ class Llava3DNode(LifecycleNode):
             "total_drops": str(sum(self._drops.values())),
             "ground_latency_p50_ms": p50_ms("ground"),
             "keyframe_latency_p50_ms": p50_ms("keyframe"),
-            **{f"keyframe_{s}_p50_ms": p50_ms(s) for s in ("convert", "lift", "encode", "fuse")},
+            **{f"keyframe_{s}_p50_ms": p50_ms(s) for s in _KEYFRAME_STAGES},
             "memory_voxels": str(stats.num_voxels),
             "pending_tf_frames": str(len(self._pending)),
         }
