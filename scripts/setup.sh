@@ -10,8 +10,9 @@ PYTHON=${PYTHON:-python3}
 start=$(date +%s)
 log() { printf '[setup %3ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-# --- apt: compilers for the interface build, EGL/Mesa for headless rendering.
-apt_pkgs=(cmake g++ make git python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglu1-mesa)
+# --- apt: compilers for the interface build, EGL/Mesa for headless rendering,
+# libusb for open3d's import.
+apt_pkgs=(cmake g++ make git python3-venv libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglu1-mesa)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -45,7 +46,7 @@ log "pip: llava3d_ros (editable)"
 "${pip[@]}" install -c constraints.txt --no-deps --no-build-isolation -e .
 
 "$VENV/bin/python" - <<'PY'
-import torch, rclpy  # noqa: F401
+import torch, rclpy, open3d  # noqa: F401
 from llava3d_interfaces.action import Ground  # noqa: F401
 from tf2_msgs.msg import TFMessage  # noqa: F401
 assert torch.__version__.startswith("2.13.0"), torch.__version__
