@@ -22,8 +22,9 @@ def _add_info(parser: argparse.ArgumentParser) -> None:
 def _add_up(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", help="ROS 2 params file (YAML with a /** or node key)")
     parser.add_argument("--log-level", default="info", help="ROS log level")
-    parser.add_argument(
-        "ros_args", nargs=argparse.REMAINDER, help="further ROS arguments, e.g. -r __ns:=/r1"
+    parser.epilog = (
+        "further ROS arguments follow --ros-args, as with any ROS 2 node: "
+        "llava3d-ros up --params p.yaml --ros-args -r __ns:=/robot1"
     )
 
 
@@ -97,8 +98,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: list[str] = []
+    if "--ros-args" in argv:  # everything after it belongs to ROS (argparse must not see it)
+        cut = argv.index("--ros-args")
+        argv, ros_args = argv[:cut], argv[cut + 1 :]
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
+    args.ros_args = ros_args
     module_name, func_name = args._target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(args) or 0)

@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from llava3d_ros.core.options import option
 from llava3d_ros.core.spatial import Box3D
 
 if TYPE_CHECKING:
@@ -58,7 +59,13 @@ __all__ = [
 
 # LERF's canonical phrases plus the large surfaces every indoor map is full of.
 DEFAULT_NEGATIVE_PROMPTS: tuple[str, ...] = (
-    "object", "things", "stuff", "texture", "floor", "wall", "ceiling",
+    "object",
+    "things",
+    "stuff",
+    "texture",
+    "floor",
+    "wall",
+    "ceiling",
 )
 
 # Result codes (the ROS node maps "empty_memory" to EMPTY_MEMORY, the others to NO_MATCH).
@@ -75,22 +82,50 @@ _BITS = 21  # per-axis bits of an int64 voxel key (2M voxels per axis: 100 km at
 class GroundingConfig:
     """Tunables of :class:`Grounder` (all have defaults; ROS parameters map 1:1)."""
 
-    temperature: float = 0.01  # T of sigmoid((cos_q - cos_neg) / T); CLIP logit scale 100
-    min_score: float = 0.5  # cluster score below this -> no match (0.5 = beats negatives)
-    fallback_bias: float = 0.2  # cosine treated as 0.5 relevancy when no negatives exist
-    negative_prompts: tuple[str, ...] = DEFAULT_NEGATIVE_PROMPTS
-    negative_dedup_cosine: float = 0.9  # ignore negatives this close to the query ("wall")
-    select_relative: float = 0.5  # keep voxels >= this x the best voxel score ...
-    select_floor: float = 0.3  # ... and >= this (lowered to min_score if that is lower)
-    max_selected_voxels: int = 200_000  # cap on clustered voxels (top scores kept)
-    link_radius_voxels: int = 1  # neighbours within this Chebyshev radius connect (1 = 26-nb)
-    min_cluster_voxels: int = 3  # smaller clusters are dropped as noise
-    box_percentile: float = 2.0  # box spans [p, 100 - p] percentiles of member centroids
-    box_padding_voxels: float = 0.5  # ... grown by this many voxels on every side
-    oriented: bool = False  # allow yaw boxes (2D PCA of the footprint) ...
-    oriented_min_gain: float = 0.15  # ... when they cut the footprint area by >= this
-    score_top_fraction: float = 0.5  # cluster score: weighted mean of its top members
-    chunk_rows: int = 262_144  # rows per similarity chunk (bounds temporaries)
+    temperature: float = option(
+        0.01, "T of sigmoid((cos_q - max cos_neg) / T); CLIP's logit scale 100", 1e-4, 1.0
+    )
+    min_score: float = option(
+        0.5, "cluster score below which nothing matches (0.5 = beats every negative)", 0.0, 1.0
+    )
+    fallback_bias: float = option(
+        0.2, "cosine read as relevancy 0.5 when there are no negative prompts", -1.0, 1.0
+    )
+    negative_prompts: tuple[str, ...] = option(
+        DEFAULT_NEGATIVE_PROMPTS, "background phrases every query must beat"
+    )
+    negative_dedup_cosine: float = option(
+        0.9, 'ignore negatives this close to the query ("wall" for "the wall")', 0.0, 1.0
+    )
+    select_relative: float = option(
+        0.5, "keep voxels scoring >= this x the best voxel ...", 0.0, 1.0
+    )
+    select_floor: float = option(
+        0.3, "... and >= this (lowered to min_score if that is lower)", 0.0, 1.0
+    )
+    max_selected_voxels: int = option(
+        200_000, "cap on clustered voxels (top scores kept)", 1, 100_000_000
+    )
+    link_radius_voxels: int = option(
+        1, "voxels within this Chebyshev radius connect (1 = 26-neighbourhood)", 1, 3
+    )
+    min_cluster_voxels: int = option(3, "smaller clusters are noise", 1, 100_000)
+    box_percentile: float = option(
+        2.0, "a box spans the [p, 100 - p] percentiles of its voxels", 0.0, 49.9
+    )
+    box_padding_voxels: float = option(
+        0.5, "boxes grow by this many voxels on every side", 0.0, 10.0
+    )
+    oriented: bool = option(False, "allow yaw-oriented boxes where they are tighter")
+    oriented_min_gain: float = option(
+        0.15, "... when they cut the footprint area by at least this fraction", 0.0, 1.0
+    )
+    score_top_fraction: float = option(
+        0.5, "cluster score: weighted mean of its best members (this fraction)", 0.01, 1.0
+    )
+    chunk_rows: int = option(
+        262_144, "rows per similarity chunk (bounds temporaries)", 1, 100_000_000
+    )
 
     def validate(self) -> None:
         if not self.temperature > 0:
@@ -166,13 +201,15 @@ def _half_offsets(radius: int) -> NDArray[np.int64]:
     """Neighbour offsets within a Chebyshev radius, one of each +- pair (undirected)."""
     r = np.arange(-radius, radius + 1)
     off = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
-    lex_positive = (off[:, 0] > 0) | ((off[:, 0] == 0) & (
-        (off[:, 1] > 0) | ((off[:, 1] == 0) & (off[:, 2] > 0))))
+    lex_positive = (off[:, 0] > 0) | (
+        (off[:, 0] == 0) & ((off[:, 1] > 0) | ((off[:, 1] == 0) & (off[:, 2] > 0)))
+    )
     return off[lex_positive]
 
 
-def connected_voxel_components(coords: NDArray[np.int64], radius: int = 1
-                               ) -> tuple[int, NDArray[np.int64]]:
+def connected_voxel_components(
+    coords: NDArray[np.int64], radius: int = 1
+) -> tuple[int, NDArray[np.int64]]:
     """Connected components of occupied voxels (N, 3 int) -> (count, labels (N,)).
 
     Voxels connect when their coords differ by at most ``radius`` on every axis (radius 1
@@ -212,8 +249,9 @@ class Grounder:
     """Grounds text embeddings in voxel features. Stateless per query; thread-compatible
     (one query at a time per instance if negatives are being replaced concurrently)."""
 
-    def __init__(self, config: GroundingConfig | None = None,
-                 negatives: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, config: GroundingConfig | None = None, negatives: torch.Tensor | None = None
+    ) -> None:
         self.config = config or GroundingConfig()
         self.config.validate()
         self.negatives: torch.Tensor | None = None
@@ -221,12 +259,12 @@ class Grounder:
             self.set_negatives(negatives)
 
     @classmethod
-    def from_text_encoder(cls, text_encoder: TextEncoder,
-                          config: GroundingConfig | None = None) -> Grounder:
+    def from_text_encoder(
+        cls, text_encoder: TextEncoder, config: GroundingConfig | None = None
+    ) -> Grounder:
         """A grounder whose default negatives are ``config.negative_prompts`` encoded once."""
         cfg = config or GroundingConfig()
-        neg = text_encoder.encode_text(list(cfg.negative_prompts)) if cfg.negative_prompts \
-            else None
+        neg = text_encoder.encode_text(list(cfg.negative_prompts)) if cfg.negative_prompts else None
         return cls(cfg, neg)
 
     def set_negatives(self, negatives: torch.Tensor | None) -> None:
@@ -269,16 +307,26 @@ class Grounder:
         if not (math.isfinite(voxel_size) and voxel_size > 0):
             raise ValueError(f"voxel_size must be finite and > 0, got {voxel_size!r}")
         q, centroids, features, counts, negs = self._check_inputs(
-            text_embedding, centroids, features, counts,
-            self.negatives if negatives is None else negatives)
+            text_embedding,
+            centroids,
+            features,
+            counts,
+            self.negatives if negatives is None else negatives,
+        )
         m = features.shape[0]
         dev = features.device
         timings: dict[str, float] = {}
 
         def empty(code: str, reason: str) -> GroundingResult:
-            return GroundingResult([], torch.zeros(m, device=dev),
-                                   torch.full((m,), -1, dtype=torch.int64, device=dev),
-                                   True, code, reason, timings=timings)
+            return GroundingResult(
+                [],
+                torch.zeros(m, device=dev),
+                torch.full((m,), -1, dtype=torch.int64, device=dev),
+                True,
+                code,
+                reason,
+                timings=timings,
+            )
 
         if m == 0:
             return empty(EMPTY_MEMORY, "the memory holds no voxels yet")
@@ -298,8 +346,9 @@ class Grounder:
         if max_score < min_score:
             # A cluster score is a mean of member scores, so none can reach min_score.
             timings["selection"] = time.perf_counter() - t1
-            res = empty(BELOW_MIN_SCORE, f"best voxel score {max_score:.2f} < min_score "
-                                         f"{min_score:.2f}")
+            res = empty(
+                BELOW_MIN_SCORE, f"best voxel score {max_score:.2f} < min_score {min_score:.2f}"
+            )
             res.voxel_scores, res.max_voxel_score = scores, max_score
             return res
         floor = min(cfg.select_floor, min_score)
@@ -326,8 +375,9 @@ class Grounder:
         timings["clustering"] = t3 - t2
 
         # 5. cluster scores + boxes ------------------------------------------------------
-        result = self._boxes(labels, sel_scores, sel_cent, sel_counts, voxel_size,
-                             max_results, min_score, label)
+        result = self._boxes(
+            labels, sel_scores, sel_cent, sel_counts, voxel_size, max_results, min_score, label
+        )
         order_clusters, boxes, best, nclusters = result
         voxel_cluster = torch.full((m,), -1, dtype=torch.int64)
         if boxes:
@@ -337,27 +387,44 @@ class Grounder:
         timings["boxes"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
 
-        common = {"voxel_scores": scores, "voxel_cluster": voxel_cluster.to(dev),
-                  "max_voxel_score": max_score, "best_cluster_score": best,
-                  "num_selected": int(sel.numel()), "num_clusters": nclusters,
-                  "timings": timings}
+        common = {
+            "voxel_scores": scores,
+            "voxel_cluster": voxel_cluster.to(dev),
+            "max_voxel_score": max_score,
+            "best_cluster_score": best,
+            "num_selected": int(sel.numel()),
+            "num_clusters": nclusters,
+            "timings": timings,
+        }
         if nclusters == 0:
-            return GroundingResult([], no_match=True, code=NO_CLUSTER,
-                                   reason=f"no group of >= {cfg.min_cluster_voxels} adjacent "
-                                          f"voxels scored >= {thr:.2f}", **common)
+            return GroundingResult(
+                [],
+                no_match=True,
+                code=NO_CLUSTER,
+                reason=f"no group of >= {cfg.min_cluster_voxels} adjacent "
+                f"voxels scored >= {thr:.2f}",
+                **common,
+            )
         if not boxes:
-            return GroundingResult([], no_match=True, code=BELOW_MIN_SCORE,
-                                   reason=f"best object score {best:.2f} < min_score "
-                                          f"{min_score:.2f}", **common)
+            return GroundingResult(
+                [],
+                no_match=True,
+                code=BELOW_MIN_SCORE,
+                reason=f"best object score {best:.2f} < min_score {min_score:.2f}",
+                **common,
+            )
         return GroundingResult(boxes, no_match=False, **common)
 
     # -- stages -------------------------------------------------------------------------
 
-    def _check_inputs(self, text_embedding: torch.Tensor, centroids: torch.Tensor,
-                      features: torch.Tensor, counts: torch.Tensor,
-                      negatives: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                 torch.Tensor | None]:
+    def _check_inputs(
+        self,
+        text_embedding: torch.Tensor,
+        centroids: torch.Tensor,
+        features: torch.Tensor,
+        counts: torch.Tensor,
+        negatives: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         features = torch.as_tensor(features)
         if features.ndim != 2:
             raise ValueError(f"features must be (M, D), got shape {tuple(features.shape)}")
@@ -365,9 +432,11 @@ class Grounder:
         dev = features.device
         q = torch.as_tensor(text_embedding).reshape(-1)
         if q.shape[0] != d:
-            raise ValueError(f"text embedding has dimension {q.shape[0]} but voxel features "
-                             f"have {d}: the text encoder and the ground features must share "
-                             "one embedding space")
+            raise ValueError(
+                f"text embedding has dimension {q.shape[0]} but voxel features "
+                f"have {d}: the text encoder and the ground features must share "
+                "one embedding space"
+            )
         q = q.to(dev, torch.float32)
         qn = torch.linalg.vector_norm(q)
         if not torch.isfinite(qn) or qn <= 0:
@@ -392,8 +461,13 @@ class Grounder:
                 negs = None
         return q, centroids, features, counts.to(dev), negs
 
-    def _relevancy(self, q: torch.Tensor, features: torch.Tensor, counts: torch.Tensor,
-                   negs: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    def _relevancy(
+        self,
+        q: torch.Tensor,
+        features: torch.Tensor,
+        counts: torch.Tensor,
+        negs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, int]:
         """(M,) float32 calibrated scores (0 where the feature is NaN/zero or count <= 0)
         and the number of valid voxels."""
         cfg = self.config
@@ -403,7 +477,7 @@ class Grounder:
         inv_t = 1.0 / cfg.temperature
         n_bad = torch.zeros((), dtype=torch.int64, device=features.device)
         for s in range(0, m, cfg.chunk_rows):
-            f = features[s:s + cfg.chunk_rows].to(torch.float32)
+            f = features[s : s + cfg.chunk_rows].to(torch.float32)
             dots = f @ prompts.T  # (c, P): one pass over the chunk for every prompt
             norm = torch.linalg.vector_norm(f, dim=1)
             if negs is None:
@@ -412,15 +486,22 @@ class Grounder:
                 # cos_q - max cos_neg = (dot_q - max dot_neg) / |f|: one division per row.
                 margin = (dots[:, 0] - dots[:, 1:].amax(dim=1)) / norm.clamp_min(1e-12)
             r = torch.sigmoid(margin * inv_t)
-            bad = ~torch.isfinite(r) | (norm <= 1e-12) | (counts[s:s + cfg.chunk_rows] <= 0)
-            out[s:s + cfg.chunk_rows] = r.masked_fill(bad, 0.0)
+            bad = ~torch.isfinite(r) | (norm <= 1e-12) | (counts[s : s + cfg.chunk_rows] <= 0)
+            out[s : s + cfg.chunk_rows] = r.masked_fill(bad, 0.0)
             n_bad += bad.sum()
         return out, m - int(n_bad)
 
-    def _boxes(self, labels: NDArray[np.int64], scores: NDArray[np.float64],
-               cent: NDArray[np.float64], counts: NDArray[np.float64], voxel_size: float,
-               max_results: int, min_score: float, label: str
-               ) -> tuple[NDArray[np.int64], list[Box3D], float, int]:
+    def _boxes(
+        self,
+        labels: NDArray[np.int64],
+        scores: NDArray[np.float64],
+        cent: NDArray[np.float64],
+        counts: NDArray[np.float64],
+        voxel_size: float,
+        max_results: int,
+        min_score: float,
+        label: str,
+    ) -> tuple[NDArray[np.int64], list[Box3D], float, int]:
         """-> (cluster ids of the returned boxes, boxes, best cluster score, #clusters)."""
         cfg = self.config
         if len(labels) == 0:
@@ -453,13 +534,15 @@ class Grounder:
         members_sorted = order  # grouped by label
         boxes = []
         for c in chosen:
-            mem = members_sorted[starts[c]:starts[c] + sizes[c]]
-            boxes.append(self._fit_box(cent[mem], voxel_size, float(cscore[c]),
-                                       int(sizes[c]), label))
+            mem = members_sorted[starts[c] : starts[c] + sizes[c]]
+            boxes.append(
+                self._fit_box(cent[mem], voxel_size, float(cscore[c]), int(sizes[c]), label)
+            )
         return np.asarray(chosen, dtype=np.int64), boxes, best, len(valid)
 
-    def _fit_box(self, pts: NDArray[np.float64], voxel_size: float, score: float,
-                 n: int, label: str) -> Box3D:
+    def _fit_box(
+        self, pts: NDArray[np.float64], voxel_size: float, score: float, n: int, label: str
+    ) -> Box3D:
         """Percentile box of member centroids, grown by ``box_padding_voxels`` per side:
         centroids are means of surface samples inside each voxel, so the outermost ones sit
         up to about half a voxel inside the object's true extent."""
@@ -485,9 +568,14 @@ class Grounder:
             return aabb
         mid = (llo + lhi) / 2.0
         center_xy = np.array([c * mid[0] - s * mid[1], s * mid[0] + c * mid[1]])
-        return Box3D(center=[center_xy[0], center_xy[1], aabb.center[2]],
-                     size=[lhi[0] - llo[0], lhi[1] - llo[1], aabb.size[2]], yaw=yaw,
-                     label=label, score=score, num_voxels=n)
+        return Box3D(
+            center=[center_xy[0], center_xy[1], aabb.center[2]],
+            size=[lhi[0] - llo[0], lhi[1] - llo[1], aabb.size[2]],
+            yaw=yaw,
+            label=label,
+            score=score,
+            num_voxels=n,
+        )
 
 
 def _as_2d(name: str, x: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from llava3d_ros.core.geometry import rotation_angle_between, translation_between
+from llava3d_ros.core.options import option
 
 
 @dataclass(frozen=True)
 class KeyframePolicy:
-    min_translation_m: float = 0.10
-    min_rotation_deg: float = 10.0
-    max_interval_s: float = 2.0  # integrate at least this often; <= 0 disables
-    min_interval_s: float = 0.0  # never faster than this (caps encoder load)
+    min_translation_m: float = option(0.10, "integrate when the camera moved this far", 0.0, 100.0)
+    min_rotation_deg: float = option(10.0, "... or turned this much", 0.0, 360.0)
+    max_interval_s: float = option(2.0, "... or this long passed (0 = never by time)", 0.0, 3600.0)
+    min_interval_s: float = option(
+        0.0, "never integrate more often than this (caps encoder load)", 0.0, 3600.0
+    )
 
     def __post_init__(self) -> None:
         for name in ("min_translation_m", "min_rotation_deg", "min_interval_s"):

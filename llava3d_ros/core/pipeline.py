@@ -25,6 +25,7 @@ from llava3d_ros.core.grounding import Grounder, GroundingConfig, GroundingResul
 from llava3d_ros.core.keyframes import KeyframePolicy, KeyframeSelector
 from llava3d_ros.core.lifting import lift_patches
 from llava3d_ros.core.memory import IntegrateStats, VoxelPatchMemory
+from llava3d_ros.core.options import check_options, option
 from llava3d_ros.core.questions import ParsedQuestion, SpatialAnswer, answer_question
 from llava3d_ros.core.spatial import Box3D, Viewpoint
 
@@ -47,34 +48,61 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    voxel_size: float = 0.05
-    max_voxels: int = 100_000
-    max_radius_m: float = 0.0  # 0 = unbounded; else evict beyond this from the robot
-    max_age_s: float = 0.0  # 0 = keep forever
-    device: str = "auto"  # "auto" = cuda when available, else cpu
-    feature_dtype: str = "float32"  # float16 halves memory on GPUs
+    voxel_size: float = option(0.05, "voxel edge (m) of the patch memory", 0.005, 1.0)
+    max_voxels: int = option(
+        100_000, "hard bound on voxels (least recently seen evicted)", 1, 50_000_000
+    )
+    max_radius_m: float = option(
+        0.0, "evict voxels farther than this from robot_frame; 0 = off", 0.0, 1000.0
+    )
+    max_age_s: float = option(0.0, "evict voxels not seen for this long; 0 = off", 0.0, 1e7)
+    device: str = option("auto", "torch device of the memory", choices=("auto", "cpu", "cuda"))
+    feature_dtype: str = option(
+        "float32",
+        "storage dtype of voxel features (float16 halves memory on GPUs)",
+        choices=("float32", "float16", "bfloat16"),
+    )
 
 
 @dataclass(frozen=True)
 class LiftConfig:
-    min_valid_fraction: float = 0.25  # patches with fewer valid depth pixels are dropped
-    min_depth_m: float = 0.1
-    max_depth_m: float = 8.0  # beyond this depth sensors are too noisy to place patches
+    min_valid_fraction: float = option(
+        0.25, "patches with fewer valid depth pixels are dropped", 0.0, 1.0
+    )
+    min_depth_m: float = option(0.1, "depth below this is invalid", 0.0, 100.0)
+    max_depth_m: float = option(
+        8.0, "depth beyond this is invalid (too noisy to place patches)", 0.01, 1000.0
+    )
+
+
+#: Names a described region is matched against when nothing else is configured.
+DEFAULT_DESCRIBE_VOCABULARY: tuple[str, ...] = (
+    "mug", "cup", "bowl", "plate", "bottle", "can", "box", "book", "pan", "basket",
+    "table", "chair", "cabinet", "shelf", "floor", "wall",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class QueryConfig:
-    max_query_chars: int = 512
-    default_max_results: int = 5
-    describe_radius_m: float = 0.15  # a point describes the memory within this radius
-    describe_vocabulary: tuple[str, ...] = ()  # names a described region is matched against
+    max_query_chars: int = option(512, "longer queries are rejected as BAD_QUERY", 1, 100_000)
+    default_max_results: int = option(5, "objects returned when a goal asks for 0", 1, 1000)
+    describe_radius_m: float = option(
+        0.15, "describe: a point covers the memory within this radius", 0.01, 10.0
+    )
+    describe_vocabulary: tuple[str, ...] = option(
+        DEFAULT_DESCRIBE_VOCABULARY, "names a described region is matched against"
+    )
 
 
 @dataclass(frozen=True)
 class LmmConfig:
-    pool_voxel_size: float = 0.2  # LLaVA-3D pools scene tokens per 0.2 m voxel
-    max_scene_tokens: int = 2560  # LLaVA-3D's cap, made deterministic and spatially fair
-    max_new_tokens: int = 256  # default when a goal asks for 0
+    pool_voxel_size: float = option(
+        0.2, "scene tokens: memory pooled per voxel of this size (LLaVA-3D: 0.2 m)", 0.01, 5.0
+    )
+    max_scene_tokens: int = option(
+        2560, "cap on scene tokens (deterministic, spatially fair)", 1, 100_000
+    )
+    max_new_tokens: int = option(256, "generated tokens when a goal asks for 0", 1, 8192)
 
 
 @dataclass
@@ -88,6 +116,17 @@ class LmmOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+#: Configuration section name -> dataclass: the ``<section>.<field>`` parameters.
+PIPELINE_SECTIONS: dict[str, type] = {
+    "memory": MemoryConfig,
+    "lifting": LiftConfig,
+    "keyframes": KeyframePolicy,
+    "grounding": GroundingConfig,
+    "query": QueryConfig,
+    "lmm": LmmConfig,
+}
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     encoder: Mapping[str, Any] = field(default_factory=dict)
@@ -98,26 +137,22 @@ class PipelineConfig:
     query: QueryConfig = field(default_factory=QueryConfig)
     lmm: LmmConfig = field(default_factory=LmmConfig)
 
+    def __post_init__(self) -> None:
+        for name in PIPELINE_SECTIONS:
+            check_options(getattr(self, name), name)
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
         """Nested dict (e.g. from YAML) -> config; unknown keys are errors, not ignored."""
-        sections = {
-            "memory": MemoryConfig,
-            "lifting": LiftConfig,
-            "keyframes": KeyframePolicy,
-            "query": QueryConfig,
-            "lmm": LmmConfig,
-        }
-        known = {"encoder", "grounding", *sections}
+        known = {"encoder", *PIPELINE_SECTIONS}
         unknown = set(d) - known
         if unknown:
             raise ValueError(
                 f"unknown pipeline config sections {sorted(unknown)}; known {sorted(known)}"
             )
         kwargs: dict[str, Any] = {"encoder": dict(d.get("encoder", {}))}
-        for name, section in sections.items():
+        for name, section in PIPELINE_SECTIONS.items():
             kwargs[name] = _dataclass_from(section, d.get(name, {}), name)
-        kwargs["grounding"] = GroundingConfig.from_dict(dict(d.get("grounding", {})))
         return cls(**kwargs)
 
 
@@ -132,6 +167,10 @@ def _dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
         try:
             if isinstance(default, tuple):
                 out[key] = tuple(value)
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError("expected true or false")
+                out[key] = value
             else:
                 out[key] = type(default)(value) if default is not None else value
         except (TypeError, ValueError) as exc:

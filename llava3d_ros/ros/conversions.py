@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from llava3d_ros.core.geometry import quaternion_from_rotation_matrix
+
 # encoding -> (numpy dtype, channels)
 _COLOR_ENCODINGS: dict[str, tuple[str, int]] = {
     "rgb8": ("u1", 3),
@@ -117,3 +119,29 @@ def stamp_to_ns(stamp: Any) -> int:
 def ns_to_stamp(ns: int, stamp: Any) -> Any:
     stamp.sec, stamp.nanosec = divmod(int(ns), 1_000_000_000)
     return stamp
+
+
+def yaw_matrix(yaw: float) -> np.ndarray:
+    """Rotation about +z by ``yaw`` radians, 3x3."""
+    c, s = float(np.cos(yaw)), float(np.sin(yaw))
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def fill_pose(pose: Any, center: np.ndarray, rotation: np.ndarray) -> Any:
+    """Write a position and a 3x3 rotation into a geometry_msgs/Pose-like object."""
+    q = quaternion_from_rotation_matrix(rotation)
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in center)
+    o = pose.orientation
+    o.x, o.y, o.z, o.w = (float(v) for v in q)
+    return pose
+
+
+def fill_box_pose(pose: Any, box: Any, t_target_map: np.ndarray | None = None) -> Any:
+    """A Box3D's centre and yaw as a Pose, optionally moved into another frame by
+    ``t_target_map`` (4x4)."""
+    center = np.asarray(box.center, dtype=np.float64)
+    rot = yaw_matrix(box.yaw)
+    if t_target_map is not None:
+        center = t_target_map[:3, :3] @ center + t_target_map[:3, 3]
+        rot = t_target_map[:3, :3] @ rot
+    return fill_pose(pose, center, rot)

@@ -1,10 +1,19 @@
-"""Every ROS parameter of the node: name, default, description and valid range, in one
-table, so declaration, validation, the documented params file and the README agree.
+"""Every ROS parameter of the node, derived from the dataclasses that use it.
+
+One source of truth: the core's configuration dataclasses (``MemoryConfig``,
+``KeyframePolicy``, ``GroundingConfig``, ...) and the node's own settings below document
+each field where it is defined (:func:`llava3d_ros.core.options.option`: description,
+range, choices). This module turns them into the parameter table the node declares, the
+documented params file (``llava3d-ros params``) and, on configure, back into the typed
+configuration objects. Nothing else lists parameters.
 
 Names are dotted (``memory.voxel_size``); in a params file they nest as YAML maps.
-Encoder options depend on the chosen backend: ``encoder.backend`` is read first and
-then that backend's own options are declared as ``encoder.<option>`` with the types of
-their defaults (a None default becomes the empty string, meaning "unset").
+Encoder options depend on the chosen backend: ``encoder.backend`` is read first and then
+that backend's own options are declared as ``encoder.<option>`` with the types of their
+defaults (a None default becomes the empty string, meaning "unset").
+
+Parameters can be set while the node is unconfigured and take effect on configure
+(nav2's rule); in any other state a set is refused with the reason.
 """
 
 from __future__ import annotations
@@ -15,7 +24,143 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llava3d_ros.core.pipeline import PipelineConfig
+from llava3d_ros.core.options import check_options, iter_options, option
+from llava3d_ros.core.pipeline import (
+    PIPELINE_SECTIONS,
+    PipelineConfig,
+)
+
+# --------------------------------------------------------------------------- node settings
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Top-level parameters: topics, QoS, frames."""
+
+    autostart: bool = option(True, "configure and activate on start-up")
+    color_topic: str = option(
+        "/camera/color/image_raw", "RGB image topic (rgb8, bgr8, rgba8, bgra8, mono8)"
+    )
+    depth_topic: str = option(
+        "/camera/aligned_depth_to_color/image_raw",
+        "depth registered to colour (16UC1 mm or 32FC1 m)",
+    )
+    camera_info_topic: str = option("/camera/color/camera_info", "CameraInfo of the colour camera")
+    qos_reliability: str = option(
+        "best_effort", "image subscription reliability", choices=("best_effort", "reliable")
+    )
+    qos_depth: int = option(5, "image subscription history depth", 1, 100)
+    map_frame: str = option("map", "fixed frame of the memory and of results")
+    robot_frame: str = option(
+        "base_link", "robot body frame: centre of the radius bound, viewer of spatial answers"
+    )
+    camera_frame: str = option("", "override the images' header frame_id (empty = use the header)")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    slop_s: float = option(0.02, "max |colour stamp - depth stamp| for a pair", 0.0, 1.0)
+    queue_size: int = option(30, "bounded per-stream queue; overflow is counted as a drop", 1, 1000)
+
+
+@dataclass(frozen=True)
+class TfSettings:
+    timeout_s: float = option(
+        0.5, "how long a frame waits for its transform before it is dropped", 0.0, 30.0
+    )
+    cache_s: float = option(
+        30.0, "history kept by the fallback TF buffer (when tf2_ros is absent)", 1.0, 600.0
+    )
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    torch_threads: int = option(
+        0, "torch CPU threads (0 = torch default; 1 is fastest on a loaded 2-core CPU)", 0, 256
+    )
+    period_s: float = option(
+        0.02,
+        "how often the ingest worker retries frames waiting for TF (new images wake it)",
+        0.001,
+        1.0,
+    )
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """``query.*`` parameters of the node (the pipeline's are in ``QueryConfig``)."""
+
+    max_concurrent: int = option(4, "queries executing at once; further goals are rejected", 1, 64)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    stats_period_s: float = option(1.0, "period of ~/memory_stats and /diagnostics", 0.05, 60.0)
+    cloud_period_s: float = option(2.0, "period of ~/memory_cloud (0 = off)", 0.0, 600.0)
+    cloud_max_points: int = option(
+        50_000, "voxels per ~/memory_cloud message (subsampled beyond)", 1, 10_000_000
+    )
+    snapshot_path: str = option(
+        "",
+        "default file for save/load services (empty = ROS_HOME/llava3d/memory.safetensors)",
+    )
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    backend: str = option(
+        "dinov2_onnx", "encoder backend (see llava3d_ros.core.encoders)",
+        choices=("dinov2_onnx", "hf_clip"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LmmLoading:
+    """``lmm.*`` parameters that say which model to load (the rest are in ``LmmConfig``)."""
+
+    checkpoint: str = option(
+        "",
+        "LLaVA-3D checkpoint directory (official layout) for open questions and captions "
+        "(empty = none)",
+    )
+    device: str = option(
+        "auto", "device of the language model (auto = cuda when available)",
+        choices=("auto", "cpu", "cuda"),
+    )  # fmt: skip
+    dtype: str = option(
+        "auto", "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What the node itself reads from its parameters (the pipeline gets PipelineConfig)."""
+
+    inputs: InputSettings = dataclasses.field(default_factory=InputSettings)
+    sync: SyncSettings = dataclasses.field(default_factory=SyncSettings)
+    tf: TfSettings = dataclasses.field(default_factory=TfSettings)
+    ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
+    admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
+    outputs: OutputSettings = dataclasses.field(default_factory=OutputSettings)
+    encoder: EncoderChoice = dataclasses.field(default_factory=EncoderChoice)
+    lmm: LmmLoading = dataclasses.field(default_factory=LmmLoading)
+
+
+#: (parameter prefix, NodeSettings attribute, dataclass), in params-file order.
+NODE_SECTIONS: tuple[tuple[str, str, type], ...] = (
+    ("", "inputs", InputSettings),
+    ("sync.", "sync", SyncSettings),
+    ("tf.", "tf", TfSettings),
+    ("ingest.", "ingest", IngestSettings),
+    ("query.", "admission", AdmissionSettings),
+    ("", "outputs", OutputSettings),
+    ("encoder.", "encoder", EncoderChoice),
+    ("lmm.", "lmm", LmmLoading),
+)
+
+
+# --------------------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
@@ -26,67 +171,38 @@ class ParamSpec:
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()
-    read_only: bool = True  # changed by reconfiguring (cleanup -> configure), not live
 
 
-NODE_PARAMS: tuple[ParamSpec, ...] = (
-    # --- inputs
-    ParamSpec("color_topic", "/camera/color/image_raw", "RGB image topic (rgb8, bgr8, rgba8, bgra8, mono8)"),
-    ParamSpec("depth_topic", "/camera/aligned_depth_to_color/image_raw", "depth registered to colour (16UC1 mm or 32FC1 m)"),
-    ParamSpec("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour camera"),
-    ParamSpec("qos_reliability", "best_effort", "image subscription reliability", choices=("best_effort", "reliable")),
-    ParamSpec("qos_depth", 5, "image subscription history depth", 1, 100),
-    ParamSpec("map_frame", "map", "fixed frame of the memory and of results"),
-    ParamSpec("robot_frame", "base_link", "robot body frame: centre of the radius bound, viewer of spatial answers"),
-    ParamSpec("camera_frame", "", "override the images' header frame_id (empty = use the header)"),
-    # --- ingest
-    ParamSpec("sync.slop_s", 0.02, "max |colour stamp - depth stamp| for a pair", 0.0, 1.0),
-    ParamSpec("sync.queue_size", 30, "bounded per-stream queue; overflow is counted as a drop", 1, 1000),
-    ParamSpec("tf.timeout_s", 0.5, "how long a frame waits for its transform before it is dropped", 0.0, 30.0),
-    ParamSpec("tf.cache_s", 30.0, "history kept by the fallback TF buffer (when tf2_ros is absent)", 1.0, 600.0),
-    ParamSpec("ingest.torch_threads", 0, "torch CPU threads (0 = torch default; 1 is fastest on a loaded 2-core CPU)", 0, 256),
-    ParamSpec("ingest.period_s", 0.02, "how often the ingest worker retries frames waiting for TF (new images wake it at once)", 0.001, 1.0),
-    # --- memory
-    ParamSpec("memory.voxel_size", 0.05, "voxel edge (m) of the patch memory", 0.005, 1.0),
-    ParamSpec("memory.max_voxels", 100000, "hard bound on voxels (least recently seen evicted)", 1, 50_000_000),
-    ParamSpec("memory.max_radius_m", 0.0, "evict voxels farther than this from robot_frame; 0 = off", 0.0, 1000.0),
-    ParamSpec("memory.max_age_s", 0.0, "evict voxels not seen for this long; 0 = off", 0.0, 1e7),
-    ParamSpec("memory.device", "auto", "torch device of the memory", choices=("auto", "cpu", "cuda")),
-    ParamSpec("memory.feature_dtype", "float32", "storage dtype of voxel features", choices=("float32", "float16", "bfloat16")),
-    # --- lifting
-    ParamSpec("lifting.min_valid_fraction", 0.25, "patches with fewer valid depth pixels are dropped", 0.0, 1.0),
-    ParamSpec("lifting.min_depth_m", 0.1, "depth below this is invalid", 0.0, 100.0),
-    ParamSpec("lifting.max_depth_m", 8.0, "depth beyond this is invalid", 0.01, 1000.0),
-    # --- keyframes
-    ParamSpec("keyframes.min_translation_m", 0.10, "integrate when the camera moved this far", 0.0, 100.0),
-    ParamSpec("keyframes.min_rotation_deg", 10.0, "... or turned this much", 0.0, 360.0),
-    ParamSpec("keyframes.max_interval_s", 2.0, "... or this long passed (0 = never by time)", 0.0, 3600.0),
-    ParamSpec("keyframes.min_interval_s", 0.0, "never integrate more often than this", 0.0, 3600.0),
-    # --- queries
-    ParamSpec("grounding.min_score", 0.5, "default score below which nothing matches (0.5 = beats every background prompt)", 0.0, 1.0),
-    ParamSpec("grounding.temperature", 0.01, "sigmoid temperature of query-vs-negative cosine margins", 1e-4, 1.0),
-    ParamSpec("grounding.oriented", False, "allow yaw-oriented boxes where they are tighter"),
-    ParamSpec("grounding.min_cluster_voxels", 3, "smaller clusters are noise", 1, 100000),
-    ParamSpec("query.default_max_results", 5, "objects returned when a goal asks for 0", 1, 1000),
-    ParamSpec("query.max_query_chars", 512, "longer queries are rejected as BAD_QUERY", 1, 100000),
-    ParamSpec("query.describe_radius_m", 0.15, "describe: a point covers the memory within this radius", 0.01, 10.0),
-    ParamSpec("query.describe_vocabulary", ["mug", "cup", "bowl", "plate", "bottle", "can", "box", "book", "pan", "basket", "table", "chair", "cabinet", "shelf", "floor", "wall"], "names a described region is matched against"),
-    ParamSpec("query.max_concurrent", 4, "queries executing at once; further goals are rejected", 1, 64),
-    # --- outputs
-    ParamSpec("stats_period_s", 1.0, "period of ~/memory_stats and /diagnostics", 0.05, 60.0),
-    ParamSpec("cloud_period_s", 2.0, "period of ~/memory_cloud (0 = off)", 0.0, 600.0),
-    ParamSpec("cloud_max_points", 50000, "voxels per ~/memory_cloud message (subsampled beyond)", 1, 10_000_000),
-    ParamSpec("snapshot_path", "", "default file for save/load services (empty = ROS_HOME/llava3d/memory.safetensors)"),
-    # --- models
-    ParamSpec("encoder.backend", "dinov2_onnx", "encoder backend (see llava3d_ros.core.encoders)"),
-    ParamSpec("lmm.checkpoint", "", "LLaVA-3D checkpoint directory (official layout) for open questions and captions (empty = none)"),
-    ParamSpec("lmm.device", "auto", "device of the language model (auto = cuda when available)"),
-    ParamSpec("lmm.dtype", "auto", "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32", choices=("auto", "bf16", "fp16", "fp32")),
-    ParamSpec("lmm.pool_voxel_size", 0.2, "scene tokens: memory pooled per voxel of this size (LLaVA-3D: 0.2 m)", 0.01, 5.0),
-    ParamSpec("lmm.max_scene_tokens", 2560, "cap on scene tokens (deterministic, spatially fair)", 1, 100000),
-    ParamSpec("lmm.max_new_tokens", 256, "generated tokens when a goal asks for 0", 1, 8192),
-)  # fmt: skip
+def _specs(prefix: str, cls: type) -> list[ParamSpec]:
+    return [
+        ParamSpec(o.name, o.default, o.help, o.min, o.max, o.choices)
+        for o in iter_options(cls, prefix)
+    ]
 
+
+def _build_table() -> tuple[ParamSpec, ...]:
+    specs: list[ParamSpec] = []
+    order = [NODE_SECTIONS[0], *NODE_SECTIONS[1:4]]
+    for prefix, _attr, cls in order:
+        specs += _specs(prefix, cls)
+    for section, cls in PIPELINE_SECTIONS.items():
+        specs += _specs(f"{section}.", cls)
+        if section == "query":
+            specs += _specs("query.", AdmissionSettings)
+        if section == "lmm":
+            specs += _specs("lmm.", LmmLoading)
+    specs += _specs("", OutputSettings) + _specs("encoder.", EncoderChoice)
+    names = [s.name for s in specs]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise RuntimeError(f"parameters defined twice: {sorted(dupes)}")
+    return tuple(specs)
+
+
+NODE_PARAMS: tuple[ParamSpec, ...] = _build_table()
+
+
+# --------------------------------------------------------------------------- encoders
 
 # Backend -> (module, options dataclass): the typed options a backend accepts.
 _BACKEND_OPTIONS: dict[str, tuple[str, str]] = {
@@ -99,7 +215,9 @@ def encoder_option_defaults(backend: str) -> dict[str, Any]:
     """The option names and defaults a backend accepts, from its options dataclass
     (importing the backend module is cheap: heavy imports happen in its factory)."""
     if backend not in _BACKEND_OPTIONS:
-        raise ValueError(f"unknown encoder.backend {backend!r}; known: {', '.join(_BACKEND_OPTIONS)}")
+        raise ValueError(
+            f"unknown encoder.backend {backend!r}; known: {', '.join(_BACKEND_OPTIONS)}"
+        )
     module, name = _BACKEND_OPTIONS[backend]
     cls = getattr(importlib.import_module(module), name)
     out: dict[str, Any] = {}
@@ -115,24 +233,73 @@ def encoder_option_defaults(backend: str) -> dict[str, Any]:
 
 
 def to_ros_value(value: Any) -> Any:
-    """ROS parameters have no None or mixed lists; normalise defaults to declarable values."""
+    """ROS parameters have no None or tuples; normalise defaults to declarable values."""
     if isinstance(value, tuple):
         return list(value)
     return value
 
 
+# --------------------------------------------------------------------------- values -> configs
+
+
+def _section_values(values: Mapping[str, Any], prefix: str, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        if key.startswith(prefix) and key[len(prefix) :] in names:
+            out[key[len(prefix) :]] = value
+    return out
+
+
+def _build(cls: type, kwargs: Mapping[str, Any], where: str) -> Any:
+    typed = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            continue
+        value = kwargs[f.name]
+        default = getattr(cls(), f.name)
+        if isinstance(default, tuple):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        typed[f.name] = value
+    obj = cls(**typed)
+    check_options(obj, where)
+    return obj
+
+
+def node_settings_from_params(values: Mapping[str, Any]) -> NodeSettings:
+    """Flat parameter values -> NodeSettings (unknown names are ignored here: the
+    pipeline's are read by :func:`pipeline_config_from_params`)."""
+    parts = {
+        attr: _build(cls, _section_values(values, prefix, cls), prefix or attr)
+        for prefix, attr, cls in NODE_SECTIONS
+    }
+    return NodeSettings(**parts)
+
+
+def _node_keys() -> set[str]:
+    keys = set()
+    for prefix, _attr, cls in NODE_SECTIONS:
+        keys |= {f"{prefix}{f.name}" for f in dataclasses.fields(cls)}
+    return keys
+
+
 def pipeline_config_from_params(
     values: Mapping[str, Any], encoder: Mapping[str, Any]
 ) -> PipelineConfig:
-    """Flat dotted parameter values -> PipelineConfig (validation errors name the key)."""
-    sections: dict[str, dict[str, Any]] = {}
-    for section in ("memory", "lifting", "keyframes", "grounding", "query", "lmm"):
-        prefix = section + "."
-        sections[section] = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-    # Node settings, not pipeline ones.
-    sections["query"].pop("max_concurrent", None)
-    for key in ("checkpoint", "device", "dtype"):
-        sections["lmm"].pop(key, None)
+    """Flat dotted parameter values -> PipelineConfig. A dotted name that belongs to no
+    pipeline section and no node setting is an error that names it (a typo in a params
+    file must not be silently ignored)."""
+    node_keys = _node_keys()
+    sections: dict[str, dict[str, Any]] = {name: {} for name in PIPELINE_SECTIONS}
+    for key, value in values.items():
+        if key in node_keys or "." not in key or key.startswith("encoder."):
+            continue
+        section, _, name = key.partition(".")
+        if section not in sections:
+            raise ValueError(f"unknown parameter {key!r}")
+        sections[section][name] = value
     return PipelineConfig.from_dict({"encoder": dict(encoder), **sections})
 
 
@@ -157,6 +324,9 @@ def encoder_config_from_params(backend: str, values: Mapping[str, Any]) -> dict[
             if head is not None:
                 config["head_path"] = str(head)
     return config
+
+
+# --------------------------------------------------------------------------- params file
 
 
 def params_yaml(backend: str | None = None, node_name: str = "/**") -> str:

@@ -1,5 +1,5 @@
 """Bounded RGB-D synchronisation (the nvblox pattern): subscription callbacks only
-enqueue; a timer drains the queues, pairing colour and depth by nearest stamp within
+enqueue; the ingest worker drains the queues, pairing colour and depth by nearest stamp within
 a slop and attaching the latest camera info. Plain Python, no rclpy, so it is tested
 on its own. Stamps are integer nanoseconds (no float rounding across long bags).
 """
@@ -68,6 +68,13 @@ class RgbdSynchronizer(Generic[ColorT, DepthT, InfoT]):
     def add_camera_info(self, msg: InfoT) -> None:
         with self._lock:
             self._info = msg
+
+    def take_drops(self) -> Counter[str]:
+        """The drops counted since the last call (so a caller can keep monotonic totals
+        across synchronisers)."""
+        with self._lock:
+            out, self.drops = self.drops, Counter()
+        return out
 
     def pending(self) -> tuple[int, int]:
         with self._lock:

@@ -1,0 +1,248 @@
+"""The ingest worker (the nvblox pattern): subscription callbacks only enqueue; a plain
+worker thread pairs colour and depth, waits (without blocking) for the transform at the
+image stamp, selects keyframes, converts the images and hands them to the pipeline.
+Every frame that is not integrated is counted by reason in the telemetry.
+
+A plain thread, not an executor timer: a MultiThreadedExecutor busy-polls a timer that
+is due while its callback group still runs (ros2/rclpy#1223), which a 20 ms drain timer
+around a 100-300 ms encoder call always is. The worker sleeps on an event the image
+callbacks set, or ``period_s`` to retry frames waiting for TF.
+
+No rclpy here beyond message types, so the worker is unit-tested in-process: feed it
+messages, call :meth:`IngestWorker.drain` and look at the pipeline and the telemetry.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from llava3d_ros.core import pipeline as pl
+from llava3d_ros.core.geometry import CameraIntrinsics, UnsupportedEncodingError, depth_to_meters
+from llava3d_ros.ros.conversions import (
+    ImageConversionError,
+    depth_image_to_array,
+    image_to_rgb,
+    stamp_to_ns,
+)
+from llava3d_ros.ros.sync import RgbdSynchronizer, SyncedFrame
+from llava3d_ros.ros.telemetry import KEYFRAME_STAGES, Telemetry
+from llava3d_ros.ros.tf_buffer import TransformUnavailableError
+
+
+class TransformLookup(Protocol):
+    def lookup(self, target: str, source: str, stamp_ns: int = 0) -> np.ndarray: ...
+
+
+class Logger(Protocol):
+    def warning(self, message: str, **kwargs: Any) -> Any: ...
+    def error(self, message: str, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    map_frame: str = "map"
+    robot_frame: str = "base_link"
+    camera_frame: str = ""  # "" = the colour image's header frame_id
+    tf_timeout_s: float = 0.5
+    period_s: float = 0.02
+    backlog: int = 60  # frames waiting for TF or the encoder; the oldest is dropped beyond
+
+
+class _PendingFrame:
+    __slots__ = ("first_seen", "frame")
+
+    def __init__(self, frame: SyncedFrame[Any, Any, Any], first_seen: float):
+        self.frame = frame
+        self.first_seen = first_seen
+
+
+class IngestWorker:
+    """Colour/depth/camera-info callbacks in, keyframes into ``pipeline`` out."""
+
+    def __init__(
+        self,
+        pipeline: pl.ScenePipeline,
+        tf: TransformLookup,
+        sync: RgbdSynchronizer[Any, Any, Any],
+        telemetry: Telemetry,
+        config: IngestConfig,
+        logger: Logger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pipeline = pipeline
+        self.tf = tf
+        self.sync = sync
+        self.telemetry = telemetry
+        self.config = config
+        self.logger = logger
+        self._clock = clock
+        self._pending: collections.deque[_PendingFrame] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._intrinsics_cache: tuple[Any, CameraIntrinsics] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    # ------------------------------------------------------------------ callbacks
+
+    def on_color(self, msg: Any) -> None:
+        self.telemetry.input_frame("color")
+        self.sync.add_color(stamp_to_ns(msg.header.stamp), msg)
+        self._wake.set()
+
+    def on_depth(self, msg: Any) -> None:
+        self.telemetry.input_frame("depth")
+        self.sync.add_depth(stamp_to_ns(msg.header.stamp), msg)
+        self._wake.set()
+
+    def on_camera_info(self, msg: Any) -> None:
+        self.sync.add_camera_info(msg)
+
+    # ------------------------------------------------------------------ thread
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="llava3d_ingest", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker (waits for at most the keyframe being encoded) and forget the
+        frames still waiting."""
+        self._stop.set()
+        self._wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._pending_lock:
+            self._pending.clear()
+        self.sync.reset()
+        self.telemetry.add_drops(self.sync.take_drops())
+
+    @property
+    def pending_tf_frames(self) -> int:
+        with self._pending_lock:
+            return len(self._pending)
+
+    def _loop(self) -> None:
+        period = self.config.period_s
+        while not self._stop.is_set():
+            self._wake.wait(period)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and self.drain():
+                    pass
+            except Exception as exc:  # keep ingesting; a bug must not stop the memory
+                self.telemetry.drop("internal_error")
+                self.logger.error(
+                    f"ingest failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0
+                )
+
+    # ------------------------------------------------------------------ one step
+
+    def drain(self) -> bool:
+        """Move synchronised frames to the TF-wait queue and integrate what is ready, at
+        most one keyframe per call so a stop request waits for one encoder call at most.
+        True when a keyframe was integrated (more may be ready)."""
+        cfg = self.config
+        now = self._clock()
+        with self._pending_lock:
+            for frame in self.sync.pop_frames():
+                self.telemetry.count("frames_synced")
+                self._pending.append(_PendingFrame(frame, now))
+                if len(self._pending) > cfg.backlog:  # encoding can't keep up: drop oldest
+                    self._pending.popleft()
+                    self.telemetry.drop("backlog_overflow")
+            pending, self._pending = self._pending, collections.deque()
+        self.telemetry.add_drops(self.sync.take_drops())
+        # Oldest first; a frame waiting for TF blocks nothing behind it.
+        still_waiting: collections.deque[_PendingFrame] = collections.deque()
+        integrated = False
+        while pending:
+            item = pending.popleft()
+            frame = item.frame
+            camera_frame = cfg.camera_frame or frame.color.header.frame_id
+            try:
+                t_map_cam = self.tf.lookup(cfg.map_frame, camera_frame, frame.stamp_ns)
+            except TransformUnavailableError as exc:
+                waiting = now - item.first_seen < cfg.tf_timeout_s
+                if waiting and exc.reason in ("future", "unknown_frame"):
+                    still_waiting.append(item)
+                else:
+                    self._drop(f"tf_{exc.reason}", str(exc))
+                continue
+            if self._integrate(frame, t_map_cam):
+                integrated = True
+                break
+        still_waiting.extend(pending)
+        with self._pending_lock:
+            # Frames that arrived meanwhile go behind the ones that waited.
+            still_waiting.extend(self._pending)
+            self._pending = still_waiting
+        return integrated
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.telemetry.drop(reason)
+        self.logger.warning(f"dropped frame ({reason}): {detail}", throttle_duration_sec=5.0)
+
+    def _intrinsics(self, info: Any) -> CameraIntrinsics:
+        cached = self._intrinsics_cache
+        if cached is not None and cached[0] is info:
+            return cached[1]
+        intr = CameraIntrinsics.from_camera_info(
+            list(info.k), info.width, info.height, info.distortion_model, list(info.d)
+        )
+        self._intrinsics_cache = (info, intr)
+        return intr
+
+    def _robot_position(self, stamp_ns: int) -> np.ndarray | None:
+        try:
+            t = self.tf.lookup(self.config.map_frame, self.config.robot_frame, stamp_ns)
+        except TransformUnavailableError:
+            return None  # the radius bound waits for the next frame with a robot pose
+        return t[:3, 3]
+
+    def _integrate(self, frame: SyncedFrame[Any, Any, Any], t_map_cam: np.ndarray) -> bool:
+        """True when the frame was a keyframe and went through the encoder (or failed in
+        lifting: then the tick is yielded like a keyframe)."""
+        pipe = self.pipeline
+        stamp_s = frame.stamp_ns * 1e-9
+        if pipe.keyframes.check(t_map_cam, stamp_s) is None:
+            self.telemetry.count("not_keyframe")
+            return False
+        t0 = time.perf_counter()
+        try:
+            rgb = image_to_rgb(frame.color)
+            raw_depth = depth_image_to_array(frame.depth)
+            depth = depth_to_meters(raw_depth, frame.depth.encoding)
+            intr = self._intrinsics(frame.info)
+            t_convert = time.perf_counter() - t0
+            robot = self._robot_position(frame.stamp_ns)
+            outcome = pipe.process_frame(rgb, depth, intr, t_map_cam, stamp_s, robot)
+        except ImageConversionError as exc:
+            self._drop(exc.reason, str(exc))
+            return False
+        except UnsupportedEncodingError as exc:
+            self._drop("unknown_encoding", str(exc))
+            return False
+        except pl.FrameError as exc:
+            self._drop(exc.reason, str(exc))
+            return True
+        except ValueError as exc:  # malformed camera info and the like
+            self._drop("bad_input", str(exc))
+            return False
+        if outcome.keyframe is None:
+            return False
+        stages = {
+            s: t_convert if s == "convert" else outcome.timings.get(s, 0.0) for s in KEYFRAME_STAGES
+        }
+        self.telemetry.keyframe(time.perf_counter() - t0, stages)
+        return True
