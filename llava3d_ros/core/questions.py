@@ -1,9 +1,23 @@
 """Spatial questions answered exactly from grounded 3D boxes.
 
 ``parse_question`` recognises the question forms a robot planner asks (where, is X
-<relation> Y, between, how far, which is bigger/closer/higher, how big, how many) and
-names the object phrases to ground; ``answer_question`` computes the answer from the
-boxes with ``spatial``. Anything else is an open question for the language model.
+<relation> Y, between, how far, which is bigger/closer/higher, how big, how many, how
+many X are on Y) and names the object phrases to ground; ``answer_question`` computes the
+answer from the boxes with ``spatial``. Anything else is an open question for the
+language model.
+
+Every phrase is canonicalised with :func:`llava3d_ros.core.referring.canonical_phrase`
+(lower case, no leading article or determiner, no punctuation), the same text a
+grounding goal's target gets, so "the ramekin" in a goal and "ramekin" in a question
+embed identically. Relation phrasings come from the one table in
+:data:`llava3d_ros.core.referring.RELATION_PHRASES` (its boolean geometric entries).
+
+Three kinds are parsed but not answered here, because they need per-object instances
+(colour, the set of objects) rather than grounded boxes (:data:`OBJECT_LAYER_KINDS`):
+``WHAT_RELATION`` ("what is on the table": objects in a relation to an anchor),
+``LIST`` ("what objects are there", "what do you see") and ``COLOR`` ("what color is the
+mug"). ``answer_question`` raises ``ValueError`` for them: callers must route them to
+the object layer (or the language model) before calling it.
 
 Answers have a fixed shape so evaluators can score them: yes/no questions start with
 "Yes" or "No"; "which" questions name the chosen phrase as "the <phrase>"; distances
@@ -17,6 +31,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from llava3d_ros.core.referring import (
+    GEOMETRIC_RELATIONS,
+    RELATION_PHRASES,
+    canonical_phrase,
+    normalise_tokens,
+    parse_expression,
+    singular,
+)
 from llava3d_ros.core.spatial import Box3D, Viewpoint, describe_position, relation
 
 WHERE = "where"
@@ -27,40 +49,32 @@ DISTANCE_TO_VIEWER = "distance_to_viewer"
 COMPARE = "compare"
 SIZE = "size"
 COUNT = "count"
+WHAT_RELATION = "what_relation"  # "what is on the table": objects in a relation to anchors
+LIST = "list"  # "what objects are there"
+COLOR = "color"  # "what color is the mug"
 
-# Relation phrasings -> canonical relation names of ``spatial`` (longest first at use).
+#: Kinds ``answer_question`` answers from grounded boxes.
+GEOMETRY_KINDS = frozenset(
+    {WHERE, RELATION, BETWEEN, DISTANCE, DISTANCE_TO_VIEWER, COMPARE, SIZE, COUNT}
+)
+#: Kinds parsed here but answered from object instances; ``answer_question`` raises.
+OBJECT_LAYER_KINDS = frozenset({WHAT_RELATION, LIST, COLOR})
+
+# One phrase table for goals and questions (referring.RELATION_PHRASES); questions use
+# the relations ``answer_question`` can decide yes/no (not distance/between, not the
+# parser-only inside/with). Longest first in the alternation.
 _RELATION_PHRASES: dict[str, str] = {
-    "to the left of": "left_of",
-    "left of": "left_of",
-    "to the right of": "right_of",
-    "right of": "right_of",
-    "in front of": "in_front_of",
-    "closer than": "in_front_of",
-    "nearer than": "in_front_of",
-    "behind": "behind",
-    "in back of": "behind",
-    "farther than": "behind",
-    "further than": "behind",
-    "farther away than": "behind",
-    "above": "above",
-    "over": "above",
-    "higher than": "above",
-    "below": "below",
-    "under": "below",
-    "underneath": "below",
-    "beneath": "below",
-    "lower than": "below",
-    "on top of": "on_top_of",
-    "on": "on_top_of",
-    "next to": "next_to",
-    "beside": "next_to",
-    "near": "next_to",
-    "close to": "next_to",
-    "bigger than": "bigger",
-    "larger than": "bigger",
-    "smaller than": "smaller",
+    p: n
+    for p, n in RELATION_PHRASES.items()
+    if n in GEOMETRIC_RELATIONS and n not in ("distance", "between")
 }
 _RELATION_RE = "|".join(re.escape(p) for p in sorted(_RELATION_PHRASES, key=len, reverse=True))
+# Verbs and relative pronouns allowed before a relation ("is the mug sitting on ...").
+_REL_FILLER = (
+    r"(?:(?:that|which)\s+(?:is|are)\s+)?"
+    r"(?:(?:sitting|standing|lying|resting|placed|located|positioned|kept|right|just|directly)"
+    r"\s+)?"
+)
 
 # "which is bigger" words -> (relation that picks the first option, measure name)
 _COMPARATIVES: dict[str, str] = {
@@ -75,22 +89,32 @@ _COMPARATIVES: dict[str, str] = {
     "lower": "below",
 }
 
-_ARTICLE = r"(?:the|a|an|this|that|my)\s+"
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    (WHERE, re.compile(r"^(?:where\s+(?:is|are)|where's|find|locate|show\s+me)\s+(?P<a>.+)$")),
+    (
+        WHERE,
+        re.compile(
+            r"^(?:where\s+(?:is|are)|find|locate|show\s+me)\s+(?P<a>.+?)"
+            r"(?:\s+(?:located|placed|kept))?$"
+        ),
+    ),
     (
         BETWEEN,
-        re.compile(r"^(?:is|are)\s+(?P<a>.+?)\s+between\s+(?P<b>.+?)\s+and\s+(?P<c>.+)$"),
+        re.compile(
+            rf"^(?:is|are)\s+(?P<a>.+?)\s+{_REL_FILLER}(?:in\s+)?between\s+(?P<b>.+?)"
+            r"\s+and\s+(?P<c>.+)$"
+        ),
     ),
     (
         RELATION,
-        re.compile(rf"^(?:is|are)\s+(?P<a>.+?)\s+(?P<rel>{_RELATION_RE})\s+(?P<b>.+)$"),
+        re.compile(
+            rf"^(?:is|are)\s+(?P<a>.+?)\s+{_REL_FILLER}(?P<rel>{_RELATION_RE})\s+(?P<b>.+)$"
+        ),
     ),
     (
         DISTANCE,
         re.compile(
             r"^(?:how\s+far\s+(?:away\s+)?(?:is|are)\s+(?P<a>.+?)\s+from\s+(?P<b>.+)"
-            r"|what(?:'s|\s+is)\s+the\s+distance\s+between\s+(?P<a2>.+?)\s+and\s+(?P<b2>.+))$"
+            r"|what\s+is\s+the\s+distance\s+between\s+(?P<a2>.+?)\s+and\s+(?P<b2>.+))$"
         ),
     ),
     (
@@ -111,15 +135,59 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
             r"|what\s+(?:is|are)\s+the\s+(?:size|dimensions)\s+of\s+(?P<a2>.+))$"
         ),
     ),
-    (COUNT, re.compile(r"^how\s+many\s+(?P<a>.+?)(?:\s+(?:are|is)\s+there.*)?$")),
+    (COUNT, re.compile(r"^how\s+many\s+(?:of\s+)?(?P<a>.+)$")),
+    (
+        COLOR,
+        re.compile(
+            r"^(?:(?:what|which)\s+colou?rs?\s+(?:is|are)\s+(?P<a>.+)"
+            r"|what\s+(?:is|are)\s+the\s+colou?rs?\s+of\s+(?P<a2>.+)"
+            r"|what\s+colou?r\s+(?:does|do)\s+(?P<a3>.+?)\s+have)$"
+        ),
+    ),
+    (
+        LIST,
+        re.compile(
+            r"^(?:(?:list|name|enumerate|tell\s+me)\s+(?:all\s+)?(?:of\s+)?(?:the\s+)?"
+            r"(?:objects|things|items)"
+            r"|(?:what|which)\s+(?:objects|things|items)\s+(?:are\s+(?:there|here|around|"
+            r"visible)|do\s+you\s+(?:see|know)|can\s+you\s+see)"
+            r"|what\s+(?:do|can)\s+you\s+see"
+            r"|what\s+is\s+(?:there|here|around)"
+            r"|what\s+(?:is|are)\s+in\s+(?:the\s+|this\s+)?(?:room|scene|view|image))"
+            r"(?:\s+(?:that\s+)?(?:you\s+(?:can\s+)?see|here|there|around(?:\s+you)?|now|"
+            r"in\s+(?:the\s+|this\s+)?(?:room|scene|view|image)))*$"
+        ),
+    ),
+    (
+        WHAT_RELATION,
+        re.compile(
+            r"^(?:what|which\s+(?:objects?|things?|items?))(?:\s+(?:objects?|things?|items?))?"
+            r"\s+(?:is|are)(?:\s+there)?\s+(?P<rest>.+)$"
+        ),
+    ),
 ]
+
+# Scope words in "how many mugs are there in the room": not an anchor.
+_SCOPE_WORDS = frozenset(
+    ["room", "scene", "view", "image", "picture", "kitchen", "house", "office", "map", "memory"]
+)
+# Removed from the tail of "how many X ...": they carry no object or relation.
+_COUNT_NOISE: tuple[tuple[str, ...], ...] = tuple(
+    tuple(p.split())
+    for p in (
+        "are there", "is there", "are visible", "do you see", "can you see", "do you count",
+        "can you find", "do i have", "do we have", "in total", "altogether", "total",
+        "can be seen", "exist", "are present",
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ParsedQuestion:
     kind: str
     phrases: tuple[str, ...]  # object phrases to ground, in question order
-    relation: str | None = None  # canonical relation for RELATION / COMPARE
+    # canonical relation for RELATION / COMPARE / WHAT_RELATION, and COUNT with anchors
+    relation: str | None = None
     comparative: str | None = None  # the word asked for in COMPARE ("bigger")
 
 
@@ -131,27 +199,97 @@ class SpatialAnswer:
     missing: list[str] = field(default_factory=list)  # phrases that grounded to nothing
 
 
-def _clean_phrase(text: str) -> str:
-    text = text.strip().strip("?.!,;:").strip()
-    text = re.sub(rf"^{_ARTICLE}", "", text)
-    return " ".join(text.split())
+def _without_noise(tokens: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        for phrase in _COUNT_NOISE:
+            if tuple(tokens[i : i + len(phrase)]) == phrase:
+                i += len(phrase)
+                break
+        else:
+            out.append(tokens[i])
+            i += 1
+    return out
+
+
+def _parse_count(rest: str) -> ParsedQuestion | None:
+    """ "how many <rest>": the counted phrase, and an optional relation to anchors
+    ("mugs are on the table", "mugs on the table", "mugs are there in the room")."""
+    words = _without_noise(rest.split())
+    if not words:
+        return None
+    try:
+        expr = parse_expression(" ".join(words))
+    except ValueError:
+        return None
+    target = singular(expr.target.text)
+    relations = [
+        r
+        for r in expr.relations
+        if not (r.name == "inside" and r.anchors[0].head.split()[-1] in _SCOPE_WORDS)
+    ]
+    if not relations:
+        return ParsedQuestion(COUNT, (target,))
+    if len(relations) > 1:
+        return None
+    (rel,) = relations
+    # Only relations answer_question can test on boxes; not "how many apples are in the
+    # bowl" (no geometric "inside"), negations or the viewer as an anchor.
+    countable = rel.name in _RELATION_PHRASES.values() or (
+        rel.name == "between" and len(rel.anchors) == 2
+    )
+    if not countable or rel.negated or any(a.is_viewer for a in rel.anchors):
+        return None
+    return ParsedQuestion(COUNT, (target, *(a.text for a in rel.anchors)), rel.name)
+
+
+def _parse_what_relation(rest: str) -> ParsedQuestion | None:
+    """ "what is <rest>": "on the table", "sitting next to the bowl", "between the mug
+    and the pan" -> the anchors and the relation."""
+    try:
+        expr = parse_expression(f"something {rest}")
+    except ValueError:
+        return None
+    if expr.target.text != "something" or len(expr.relations) != 1:
+        return None
+    (rel,) = expr.relations
+    ok = rel.name in _RELATION_PHRASES.values() or (rel.name == "between" and len(rel.anchors) == 2)
+    if not ok or rel.negated or any(a.is_viewer for a in rel.anchors):
+        return None
+    return ParsedQuestion(WHAT_RELATION, tuple(a.text for a in rel.anchors), rel.name)
 
 
 def parse_question(question: str) -> ParsedQuestion | None:
-    """The spatial form of ``question``, or None for an open question."""
-    q = " ".join(question.strip().lower().split()).rstrip("?.! ")
+    """The spatial form of ``question``, or None for an open question.
+
+    Object phrases are canonical (:func:`~llava3d_ros.core.referring.canonical_phrase`);
+    COUNT phrases are singular ("how many mugs" -> "mug"). COUNT may carry a relation
+    and its anchors ("how many mugs are on the table" -> ("mug", "table"), on_top_of);
+    WHAT_RELATION carries the anchors and the relation; LIST has no phrases."""
+    q = " ".join(normalise_tokens(question))
     for kind, pattern in _PATTERNS:
         m = pattern.match(q)
         if not m:
             continue
         groups = {k: v for k, v in m.groupdict().items() if v}
-        a = groups.get("a") or groups.get("a2")
+        if kind == LIST:
+            return ParsedQuestion(LIST, ())
+        if kind == COUNT:
+            parsed = _parse_count(groups["a"])
+            if parsed is None:
+                continue
+            return parsed
+        if kind == WHAT_RELATION:
+            parsed = _parse_what_relation(groups["rest"])
+            if parsed is None:
+                continue
+            return parsed
+        a = groups.get("a") or groups.get("a2") or groups.get("a3")
         b = groups.get("b") or groups.get("b2")
-        phrases = tuple(_clean_phrase(p) for p in (a, b, groups.get("c")) if p)
+        phrases = tuple(canonical_phrase(p) for p in (a, b, groups.get("c")) if p)
         if not phrases or any(not p for p in phrases):
             continue
-        if kind == COUNT:
-            phrases = (_singular(phrases[0]),)
         if kind == RELATION:
             return ParsedQuestion(kind, phrases, _RELATION_PHRASES[groups["rel"]])
         if kind == COMPARE:
@@ -159,16 +297,6 @@ def parse_question(question: str) -> ParsedQuestion | None:
             return ParsedQuestion(kind, phrases, _COMPARATIVES[cmp_word], cmp_word)
         return ParsedQuestion(kind, phrases)
     return None
-
-
-def _singular(phrase: str) -> str:
-    if phrase.endswith("ies"):
-        return phrase[:-3] + "y"
-    if phrase.endswith(("ches", "shes", "xes", "sses")):
-        return phrase[:-2]
-    if phrase.endswith("s") and not phrase.endswith("ss"):
-        return phrase[:-1]
-    return phrase
 
 
 def _fmt_point(p: Sequence[float]) -> str:
@@ -181,10 +309,32 @@ def answer_question(
     viewpoint: Viewpoint | None,
 ) -> SpatialAnswer:
     """Answer from grounded boxes: ``boxes[phrase]`` lists that phrase's candidates,
-    best first (only COUNT looks beyond the first)."""
+    best first (only COUNT looks beyond the first).
+
+    COUNT with a relation counts the candidates for which the relation to the anchors'
+    best boxes holds. Raises ``ValueError`` for :data:`OBJECT_LAYER_KINDS` (what is on,
+    list, colour): they need the object instances, not boxes per phrase."""
+    if parsed.kind in OBJECT_LAYER_KINDS:
+        raise ValueError(
+            f"question kind {parsed.kind!r} needs the object layer; answer_question "
+            "answers only " + ", ".join(sorted(GEOMETRY_KINDS))
+        )
     missing = [p for p in parsed.phrases if not boxes.get(p)]
     if parsed.kind == COUNT:
         found = list(boxes.get(parsed.phrases[0], ()))
+        if parsed.relation is not None:
+            anchor_missing = missing[1:] if missing[:1] == [parsed.phrases[0]] else missing
+            if anchor_missing:
+                names = " or ".join(f"the {p}" for p in anchor_missing)
+                return SpatialAnswer(f"I could not find {names}.", None, [], anchor_missing)
+            anchors = [boxes[p][0] for p in parsed.phrases[1:]]
+            ref: Box3D | tuple[Box3D, ...] = anchors[0] if len(anchors) == 1 else tuple(anchors)
+            found = [
+                b
+                for b in found
+                if all(b is not a for a in anchors)
+                and bool(relation(parsed.relation, b, ref, viewpoint).value)
+            ]
         return SpatialAnswer(f"{len(found)}.", len(found), found)
     if missing:
         names = " or ".join(f"the {p}" for p in missing)

@@ -7,16 +7,22 @@ import pytest
 
 from llava3d_ros.core.questions import (
     BETWEEN,
+    COLOR,
     COMPARE,
     COUNT,
     DISTANCE,
     DISTANCE_TO_VIEWER,
+    LIST,
+    OBJECT_LAYER_KINDS,
     RELATION,
     SIZE,
+    WHAT_RELATION,
     WHERE,
+    ParsedQuestion,
     answer_question,
     parse_question,
 )
+from llava3d_ros.core.referring import canonical_phrase, parse_expression
 from llava3d_ros.core.spatial import Box3D, Viewpoint
 
 
@@ -49,7 +55,7 @@ def test_parse(question: str, kind: str, phrases: tuple[str, ...], rel: str | No
 
 
 @pytest.mark.parametrize(
-    "question", ["What colour is the sofa?", "Describe the room.", "", "is it", "why?"]
+    "question", ["What is the sofa made of?", "Describe the room.", "", "is it", "why?"]
 )
 def test_open_questions_are_not_spatial(question: str) -> None:
     assert parse_question(question) is None
@@ -99,3 +105,78 @@ def test_missing_objects_and_counts() -> None:
     assert a.value is None and a.missing == ["teapot"] and "teapot" in a.text
     assert _ask("How many mugs are there?", {"mug": [MUG, MUG]}).value == 2
     assert _ask("How many mugs are there?", {}).value == 0
+
+
+@pytest.mark.parametrize(
+    ("question", "kind", "phrases", "rel"),
+    [
+        ("How many mugs are there on the table?", COUNT, ("mug", "table"), "on_top_of"),
+        ("how many mugs are on the table", COUNT, ("mug", "table"), "on_top_of"),
+        ("how many cans of soup are next to the bowl", COUNT, ("can of soup", "bowl"),
+         "next_to"),
+        ("how many mugs are between the bowl and the pan", COUNT, ("mug", "bowl", "pan"),
+         "between"),
+        ("how many mugs are there in the room", COUNT, ("mug",), None),
+        ("What is on the table?", WHAT_RELATION, ("table",), "on_top_of"),
+        ("what's on top of the shelf", WHAT_RELATION, ("shelf",), "on_top_of"),
+        ("What is next to the bowl?", WHAT_RELATION, ("bowl",), "next_to"),
+        ("which objects are left of the ramekin", WHAT_RELATION, ("ramekin",), "left_of"),
+        ("what is between the mug and the bowl", WHAT_RELATION, ("mug", "bowl"), "between"),
+        ("List the objects.", LIST, (), None),
+        ("what objects are there?", LIST, (), None),
+        ("What do you see?", LIST, (), None),
+        ("What color is the mug?", COLOR, ("mug",), None),
+        ("What colour is the sofa?", COLOR, ("sofa",), None),
+        ("what's the colour of a ramekin", COLOR, ("ramekin",), None),
+        ("Is the mug sitting on the table?", RELATION, ("mug", "table"), "on_top_of"),
+        ("Is the book on the left of the shelf?", RELATION, ("book", "shelf"), "left_of"),
+        ("is the mug in between the bowl and the pan", BETWEEN, ("mug", "bowl", "pan"), None),
+        ("Is the onion on the lemon?", RELATION, ("onion", "lemon"), "on_top_of"),
+        ("Where is the mug located?", WHERE, ("mug",), None),
+    ],
+)  # fmt: skip
+def test_parse_new_forms(
+    question: str, kind: str, phrases: tuple[str, ...], rel: str | None
+) -> None:
+    parsed = parse_question(question)
+    assert parsed is not None
+    assert (parsed.kind, parsed.phrases, parsed.relation) == (kind, phrases, rel)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "how many apples are in the bowl",  # no geometric "inside": for the language model
+        "Is the mug in the basket?",
+        "what is in the basket",
+        "how many mugs are not on the table",
+        "what is the mug",
+    ],
+)
+def test_relations_without_a_geometric_test_stay_open(question: str) -> None:
+    assert parse_question(question) is None
+
+
+@pytest.mark.parametrize("phrase", ["ramekin", "the ramekin", "a ramekin", "The ramekin?"])
+def test_question_and_goal_phrases_are_the_same_text(phrase: str) -> None:
+    goal = parse_expression(f"find {phrase}").target.text
+    for q in (f"Where is {phrase}", f"How far away is {phrase}", f"What color is {phrase}"):
+        parsed = parse_question(q)
+        assert parsed is not None and parsed.phrases == (goal,) == (canonical_phrase(phrase),)
+
+
+def test_count_with_a_relation_counts_only_where_it_holds() -> None:
+    other = Box3D(center=[2.0, 3.0, 0.05], size=[0.1, 0.1, 0.12], label="mug")  # on the floor
+    boxes = {"mug": [MUG, other], "table": [TABLE]}
+    a = _ask("How many mugs are on the table?", boxes)
+    assert a.value == 1 and a.objects == [MUG]
+    assert _ask("How many mugs are there?", boxes).value == 2
+    missing = _ask("How many mugs are on the table?", {"mug": [MUG], "table": []})
+    assert missing.value is None and missing.missing == ["table"]
+    assert _ask("How many mugs are on the table?", {"mug": [], "table": [TABLE]}).value == 0
+
+
+@pytest.mark.parametrize("kind", sorted(OBJECT_LAYER_KINDS))
+def test_object_layer_kinds_are_refused_not_crashed(kind: str) -> None:
+    with pytest.raises(ValueError, match="object layer"):
+        answer_question(ParsedQuestion(kind, ("table",)), {"table": [TABLE]}, VIEW)
