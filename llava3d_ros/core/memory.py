@@ -887,11 +887,17 @@ class VoxelPatchMemory:
             },
         }
 
-    def save(self, path: str | os.PathLike[str]) -> int:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        sections: Mapping[str, tuple[dict[str, Any], Mapping[str, torch.Tensor]]] | None = None,
+    ) -> int:
         """Write the active voxels and configuration to a safetensors file; returns its size.
 
-        The file is written next to the target and renamed into place, so a crash never
-        leaves a half-written snapshot under ``path``. Parent directories are created."""
+        ``sections``: other state saved in the same file and under the same checksum
+        (the object layer's): name -> (JSON-able header, tensors); tensors are stored as
+        ``<name>/<tensor>``. The file is written next to the target and renamed into
+        place, so a crash never leaves a half-written snapshot under ``path``."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -905,6 +911,13 @@ class VoxelPatchMemory:
                 "features": self._feat.index_select(0, live).cpu().contiguous(),
             }
             header = self._header()
+        header["sections"] = {}
+        for name, (sec_header, sec_tensors) in (sections or {}).items():
+            if "/" in name or not name:
+                raise ValueError(f"bad snapshot section name {name!r}")
+            header["sections"][name] = sec_header
+            for key, t in sec_tensors.items():
+                tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
         header["checksum"] = "sha256:" + _checksum(header, tensors)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -922,81 +935,94 @@ class VoxelPatchMemory:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], device: str | torch.device = "cpu"
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        limits: MemoryLimits | None = None,
     ) -> VoxelPatchMemory:
         """Read a snapshot written by :meth:`save` into a *new* memory on ``device``.
 
         Raises SnapshotError (never anything else for a bad file) on a missing file, a
         truncated or corrupt file, a checksum mismatch, another format or version. The
-        caller's current memory is untouched: swap it only when this returns."""
-        from safetensors import safe_open
+        caller's current memory is untouched: swap it only when this returns.
+        ``limits``: the configuration the memory must live within (see
+        :meth:`from_snapshot`)."""
+        header, tensors = read_snapshot(path)
+        return cls.from_snapshot(header, tensors, device, limits, where=str(path))
 
+    @classmethod
+    def from_snapshot(
+        cls,
+        header: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
+        limits: MemoryLimits | None = None,
+        where: str = "snapshot",
+    ) -> VoxelPatchMemory:
+        """A memory from a validated snapshot (:func:`read_snapshot`).
+
+        With ``limits`` (the node's configuration) the snapshot must have the configured
+        voxel size and feature widths, and fit within the configured ``max_voxels``; the
+        memory keeps the configured bounds, never the file's (a crafted header asking for
+        5e7 voxels allocates nothing). Without, the file's own bounds are used."""
         torch.empty(0, device=device)  # an unusable device is the caller's error, raised as is
-        path = Path(path)
-        if not path.is_file():
-            raise SnapshotError(f"snapshot not found: {path}")
+        own = {k: v for k, v in tensors.items() if "/" not in k}
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                meta = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-        except Exception as exc:  # safetensors raises its own error types for bad files
-            raise SnapshotError(
-                f"snapshot {path} is unreadable (truncated or corrupt file?): {exc}"
-            ) from exc
-        if _META_KEY not in meta:
-            raise SnapshotError(
-                f"{path} is not a llava3d_ros memory snapshot: no '{_META_KEY}' header "
-                f"(expected format {SNAPSHOT_FORMAT!r})"
-            )
-        try:
-            header = json.loads(meta[_META_KEY])
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-        except ValueError as exc:
-            raise SnapshotError(f"snapshot {path}: header is not valid JSON ({exc})") from exc
-        fmt = header.get("format")
-        if fmt != SNAPSHOT_FORMAT:
-            raise SnapshotError(
-                f"snapshot {path}: wrong format {fmt!r}, expected {SNAPSHOT_FORMAT!r}"
-            )
-        version = header.get("version")
-        if version != SNAPSHOT_VERSION:
-            raise SnapshotError(
-                f"snapshot {path}: unsupported version {version!r}, expected {SNAPSHOT_VERSION}"
-            )
-        stored = header.pop("checksum", None)
-        actual = "sha256:" + _checksum(header, tensors)
-        if stored != actual:
-            raise SnapshotError(
-                f"snapshot {path}: checksum mismatch (stored {stored}, computed {actual}); "
-                "the file is corrupt"
-            )
-        try:
-            return cls._from_snapshot(header, tensors, device)
+            return cls._from_snapshot(header, own, device, limits)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise SnapshotError(f"snapshot {path}: inconsistent contents ({exc})") from exc
+            raise SnapshotError(f"{where}: {exc}") from exc
 
     @classmethod
     def _from_snapshot(
-        cls, header: dict[str, Any], tensors: dict[str, torch.Tensor], device: str | torch.device
+        cls,
+        header: dict[str, Any],
+        tensors: dict[str, torch.Tensor],
+        device: str | torch.device,
+        limits: MemoryLimits | None = None,
     ) -> VoxelPatchMemory:
-        dtype = getattr(torch, header["feature_dtype"])
+        dtype = getattr(torch, str(header["feature_dtype"]), None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"bad feature_dtype {header['feature_dtype']!r}")
         bounds = header["bounds"]
+        dims = {str(k): int(d) for k, d in header["feature_dims"]}
+        voxel_size = float(header["voxel_size"])
+        m = int(header["num_voxels"])
+        if limits is not None:
+            if abs(voxel_size - limits.voxel_size) > 1e-9:
+                raise ValueError(
+                    f"it was made with voxel_size {voxel_size} m; this node uses "
+                    f"{limits.voxel_size} m (set memory.voxel_size to load it)"
+                )
+            if dims != dict(limits.feature_dims):
+                raise ValueError(
+                    f"its features {dims} do not match this encoder's {dict(limits.feature_dims)}"
+                )
+            if m > limits.max_voxels:
+                raise ValueError(
+                    f"it holds {m} voxels, more than this node's memory.max_voxels "
+                    f"{limits.max_voxels}"
+                )
+            max_voxels, max_radius, max_age = limits.max_voxels, limits.max_radius, limits.max_age_s
+            if tensors["features"].dtype != limits.feature_dtype:  # converted, not adopted
+                tensors = {**tensors, "features": tensors["features"].to(limits.feature_dtype)}
+            dtype = limits.feature_dtype
+        else:
+            max_voxels, max_radius = int(bounds["max_voxels"]), bounds["max_radius"]
+            max_age = bounds["max_age_s"]
+            if m > max_voxels:
+                raise ValueError(f"{m} voxels exceed max_voxels {max_voxels}")
         mem = cls(
-            {str(k): int(d) for k, d in header["feature_dims"]},
-            voxel_size=float(header["voxel_size"]),
-            max_voxels=int(bounds["max_voxels"]),
-            max_radius=bounds["max_radius"],
-            max_age_s=bounds["max_age_s"],
+            dims,
+            voxel_size=voxel_size,
+            max_voxels=max_voxels,
+            max_radius=max_radius,
+            max_age_s=max_age,
             device=device,
             feature_dtype=dtype,
             evict_headroom=float(bounds["evict_headroom"]),
         )
         coords, cen = tensors["coords"], tensors["centroids"]
         counts, ls, feats = tensors["counts"], tensors["last_seen"], tensors["features"]
-        m = int(header["num_voxels"])
         expect = {
             "coords": ((m, 3), torch.long),
             "centroids": ((m, 3), torch.float32),
@@ -1008,8 +1034,6 @@ class VoxelPatchMemory:
             t = tensors[name]
             if tuple(t.shape) != shape or t.dtype != dt:
                 raise ValueError(f"{name}: expected {shape} {dt}, got {tuple(t.shape)} {t.dtype}")
-        if m > mem.max_voxels:
-            raise ValueError(f"{m} voxels exceed max_voxels {mem.max_voxels}")
         if m and bool((counts < 1).any()):
             raise ValueError("voxel counts must be >= 1")
         if m and bool(((coords < _COORD_MIN) | (coords > _COORD_MAX)).any()):
@@ -1041,6 +1065,86 @@ class VoxelPatchMemory:
         return mem
 
 
+@dataclass(frozen=True)
+class MemoryLimits:
+    """The configuration a loaded snapshot must fit (see ``from_snapshot``)."""
+
+    voxel_size: float
+    feature_dims: Mapping[str, int]
+    max_voxels: int
+    max_radius: float | None = None
+    max_age_s: float | None = None
+    feature_dtype: torch.dtype = torch.float32
+
+
+#: Snapshots larger than this are refused before reading (a hostile or wrong file).
+MAX_SNAPSHOT_BYTES = 8 << 30
+
+
+def read_snapshot(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, tensors) of a snapshot file, checked: a regular file of sane size, the
+    format and version, the checksum over header and every tensor. Raises SnapshotError
+    with what is wrong."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"snapshot not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot {path} is {size} bytes, over the {MAX_SNAPSHOT_BYTES} limit")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for bad files
+        raise SnapshotError(
+            f"snapshot {path} is unreadable (truncated or corrupt file?): {exc}"
+        ) from exc
+    if _META_KEY not in meta:
+        raise SnapshotError(
+            f"{path} is not a llava3d_ros memory snapshot: no '{_META_KEY}' header "
+            f"(expected format {SNAPSHOT_FORMAT!r})"
+        )
+    try:
+        header = json.loads(meta[_META_KEY])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except ValueError as exc:
+        raise SnapshotError(f"snapshot {path}: header is not valid JSON ({exc})") from exc
+    fmt = header.get("format")
+    if fmt != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"snapshot {path}: wrong format {fmt!r}, expected {SNAPSHOT_FORMAT!r}")
+    version = header.get("version")
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotError(
+            f"snapshot {path}: unsupported version {version!r}, expected {SNAPSHOT_VERSION}"
+        )
+    stored = header.pop("checksum", None)
+    actual = "sha256:" + _checksum(header, tensors)
+    if stored != actual:
+        raise SnapshotError(
+            f"snapshot {path}: checksum mismatch (stored {stored}, computed {actual}); "
+            "the file is corrupt"
+        )
+    return header, tensors
+
+
+def snapshot_section(
+    header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], name: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """A section saved with ``save(..., sections=...)``, or None when absent."""
+    sections = header.get("sections") or {}
+    if not isinstance(sections, dict) or name not in sections:
+        return None
+    prefix = f"{name}/"
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    sec = sections[name]
+    if not isinstance(sec, dict):
+        raise SnapshotError(f"snapshot section {name!r} has no header")
+    return sec, own
+
+
 def _checksum(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the canonical JSON header (without the checksum) and every tensor's
     name, dtype, shape and raw bytes, in name order."""
@@ -1063,8 +1167,11 @@ __all__ = [
     "SNAPSHOT_VERSION",
     "EvictStats",
     "IntegrateStats",
+    "MemoryLimits",
     "MemoryStats",
     "MemoryView",
     "SnapshotError",
     "VoxelPatchMemory",
+    "read_snapshot",
+    "snapshot_section",
 ]

@@ -24,9 +24,37 @@ from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.grounding import Grounder, GroundingConfig, GroundingResult
 from llava3d_ros.core.keyframes import KeyframePolicy, KeyframeSelector
 from llava3d_ros.core.lifting import lift_patches
-from llava3d_ros.core.memory import IntegrateStats, VoxelPatchMemory
+from llava3d_ros.core.memory import (
+    IntegrateStats,
+    MemoryLimits,
+    SnapshotError,
+    VoxelPatchMemory,
+    read_snapshot,
+    snapshot_section,
+)
+from llava3d_ros.core.objects.answers import answer_object_question
+from llava3d_ros.core.objects.grounding import (
+    InstanceMatch,
+    ObjectGroundingConfig,
+    rank_instances,
+    result_box,
+    result_box_of,
+)
+from llava3d_ros.core.objects.instances import ObjectSnapshot
+from llava3d_ros.core.objects.labels import LabelVocabulary
+from llava3d_ros.core.objects.object_map import ObjectConfig, ObjectMap
+from llava3d_ros.core.objects.segmentation import SegmentationConfig
+from llava3d_ros.core.objects.tracking import TrackingConfig
+from llava3d_ros.core.objects.tsdf import GeometryConfig
 from llava3d_ros.core.options import check_options, option
-from llava3d_ros.core.questions import ParsedQuestion, SpatialAnswer, answer_question
+from llava3d_ros.core.questions import (
+    COUNT,
+    OBJECT_LAYER_KINDS,
+    ParsedQuestion,
+    SpatialAnswer,
+    answer_question,
+)
+from llava3d_ros.core.referring import ReferringExpression, parse_expression
 from llava3d_ros.core.spatial import Box3D, Viewpoint
 
 # Outcome codes shared by every front end (the node maps them to action constants).
@@ -124,6 +152,11 @@ PIPELINE_SECTIONS: dict[str, type] = {
     "grounding": GroundingConfig,
     "query": QueryConfig,
     "lmm": LmmConfig,
+    "objects": ObjectConfig,
+    "object_grounding": ObjectGroundingConfig,
+    "geometry": GeometryConfig,
+    "segmentation": SegmentationConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -136,6 +169,11 @@ class PipelineConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     lmm: LmmConfig = field(default_factory=LmmConfig)
+    objects: ObjectConfig = field(default_factory=ObjectConfig)
+    object_grounding: ObjectGroundingConfig = field(default_factory=ObjectGroundingConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         for name in PIPELINE_SECTIONS:
@@ -194,6 +232,8 @@ class GroundOutcome:
     memory_voxels: int
     timings: dict[str, float] = field(default_factory=dict)
     result: GroundingResult | None = None  # per-voxel scores, for visualisation
+    instance_ids: list[int] = field(default_factory=list)  # per box; 0 = not an instance
+    matches: list[InstanceMatch] = field(default_factory=list)  # instance answers
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -234,6 +274,69 @@ class ScenePipeline:
         self.keyframes = KeyframeSelector(config.keyframes)
         self._text_lock = threading.Lock()  # text encoders are not re-entrant
         self._ingest_lock = threading.Lock()
+        self.vocabulary: LabelVocabulary | None = None
+        self.objects: ObjectMap | None = None
+        if config.objects.enabled:
+            self.vocabulary = self._label_vocabulary()
+            can_crop = self.vocabulary is not None and GROUND in bundle.image.feature_dims
+            self.objects = ObjectMap(
+                config.objects, config.geometry, config.segmentation, config.tracking,
+                self.vocabulary, self._encode_crops if can_crop else None,
+                bundle.image.geometry,
+            )  # fmt: skip
+        self._known_phrases = self._vocabulary_phrases()
+
+    def _label_vocabulary(self) -> LabelVocabulary | None:
+        """Class prototypes for instance labels: the configured names, else the grounding
+        model's training vocabulary, else the describe vocabulary."""
+        bundle, oc = self.bundle, self.config.objects
+        if not bundle.can_ground or bundle.text is None:
+            return None
+        classes: dict[str, tuple[str, ...]]
+        if oc.vocabulary:
+            classes = {name: (name,) for name in oc.vocabulary}
+        elif bundle.label_vocabulary:
+            classes = dict(bundle.label_vocabulary)
+        else:
+            classes = {name: (name,) for name in self.config.query.describe_vocabulary}
+        temperature = oc.label_temperature
+        if temperature <= 0:
+            scale = bundle.logit_scale or 1.0 / self.config.grounding.temperature
+            temperature = 1.0 / scale
+        roles = bundle.label_roles if not oc.vocabulary else None
+        return LabelVocabulary(
+            bundle.text, classes, temperature, bundle.label_templates, roles=roles
+        )
+
+    def _encode_crops(self, crops: list[np.ndarray]) -> torch.Tensor:
+        """Object crops -> (B, gh, gw, D) grounding features (the object worker's calls;
+        the encoder backends accept calls from two threads)."""
+        return self.bundle.image.encode(crops)[GROUND]
+
+    def _vocabulary_phrases(self) -> tuple[str, ...]:
+        """Multi-word names the expression parser must not split ("macaroni and cheese")."""
+        names: set[str] = set(self.config.query.describe_vocabulary)
+        if self.bundle.label_vocabulary:
+            for group in self.bundle.label_vocabulary.values():
+                names.update(group)
+        names.update(self.config.objects.vocabulary)
+        return tuple(sorted(n for n in names if " " in n))
+
+    # ------------------------------------------------------------------ workers
+
+    def start(self) -> None:
+        """Start background work (the object layer's segmentation worker)."""
+        if self.objects is not None:
+            self.objects.start()
+
+    def stop(self) -> None:
+        if self.objects is not None:
+            self.objects.stop()
+
+    def flush(self) -> None:
+        """Bring the object layer up to date with everything integrated (synchronous)."""
+        if self.objects is not None:
+            self.objects.flush()
 
     # ------------------------------------------------------------------ ingest
 
@@ -300,6 +403,14 @@ class ScenePipeline:
                 robot_position=robot_position,
             )
             timings["fuse"] = time.perf_counter() - t0
+            if self.objects is not None:
+                t0 = time.perf_counter()
+                ground = encoded.get(GROUND)
+                self.objects.integrate(
+                    rgb, depth, intrinsics, t_map_camera, stamp_s, robot_position,
+                    ground[0] if ground is not None else None, self.bundle.image.geometry,
+                )  # fmt: skip
+                timings["objects"] = time.perf_counter() - t0
             self.keyframes.accept(t_map_camera, stamp_s)
             return FrameOutcome(reason, len(lifted), stats, timings)
 
@@ -321,6 +432,10 @@ class ScenePipeline:
         with self._text_lock:
             return self.bundle.text.encode_text([text])[0]
 
+    def parse(self, query: str) -> ReferringExpression:
+        """The expression's target, relations and anchors (raises ValueError)."""
+        return parse_expression(query, self._known_phrases)
+
     def ground(
         self,
         query: str,
@@ -328,13 +443,21 @@ class ScenePipeline:
         min_score: float = 0.0,
         cancel: Callable[[], bool] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        viewpoint: Viewpoint | None = None,
     ) -> GroundOutcome:
-        """Text -> 3D boxes. ``max_results``/``min_score`` <= 0 use the configured defaults."""
-        timings: dict[str, float] = {}
+        """Text -> 3D boxes. ``max_results``/``min_score`` <= 0 use the configured defaults.
+
+        With the object layer: the expression is parsed into target + relations + anchors
+        and object instances are ranked (:mod:`llava3d_ros.core.objects.grounding`);
+        boxes are instance extents with their ids. Voxel relevancy of the target phrase is
+        the fallback when no instance explains the query (no instances yet, or a part of
+        furniture)."""
         voxels = len(self.memory)
         problem = self.check_query(query)
         if problem:
             return GroundOutcome(BAD_QUERY, problem, [], voxels)
+        if not (min_score <= 1.0):  # also NaN
+            return GroundOutcome(BAD_QUERY, f"min_score must be <= 1, got {min_score}", [], voxels)
         if self.grounder is None:
             return GroundOutcome(
                 MODEL_UNAVAILABLE,
@@ -345,14 +468,56 @@ class ScenePipeline:
             )
         if voxels == 0:
             return GroundOutcome(EMPTY_MEMORY, "nothing has been integrated yet", [], 0)
+        try:
+            expr = self.parse(query)
+        except ValueError as exc:
+            return GroundOutcome(BAD_QUERY, str(exc), [], voxels)
+        max_results = max_results if max_results > 0 else self.config.query.default_max_results
         stage = on_stage or (lambda _s, _p: None)
-        stage("encoding_text", 0.1)
+        timings: dict[str, float] = {}
+        if self.objects is not None and self.vocabulary is not None:
+            stage("ranking_objects", 0.2)
+            t0 = time.perf_counter()
+            snap = self.objects.snapshot()
+            og = self.config.object_grounding
+            threshold = min_score if min_score > 0 else og.min_score
+            matches = [
+                m
+                for m in rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+                if m.score >= threshold
+            ][:max_results]
+            timings["objects"] = time.perf_counter() - t0
+            if matches:
+                label = expr.target.text
+                boxes = [result_box(m, og, m.instance.label or label) for m in matches]
+                ids = [m.instance.id for m in matches]
+                stage("done", 1.0)
+                return GroundOutcome(OK, "", boxes, voxels, timings, None, ids, matches)
+        if cancel is not None and cancel():
+            return GroundOutcome(CANCELED, "cancelled", [], voxels, timings)
+        return self._ground_voxels(
+            expr.target.text or query.strip(), max_results, min_score, cancel, stage, timings
+        )
+
+    def _ground_voxels(
+        self,
+        phrase: str,
+        max_results: int,
+        min_score: float,
+        cancel: Callable[[], bool] | None,
+        stage: Callable[[str, float], None],
+        timings: dict[str, float],
+    ) -> GroundOutcome:
+        """Voxel relevancy of one phrase -> clusters -> boxes (no instance ids)."""
+        assert self.grounder is not None
+        voxels = len(self.memory)
+        stage("encoding_text", 0.3)
         t0 = time.perf_counter()
-        text = self.encode_text(query.strip())
+        text = self.encode_text(phrase)
         timings["text"] = time.perf_counter() - t0
         if cancel is not None and cancel():
             return GroundOutcome(CANCELED, "cancelled", [], voxels, timings)
-        stage("scoring", 0.4)
+        stage("scoring", 0.5)
         t0 = time.perf_counter()
         view = self.memory.snapshot_view([GROUND])
         timings["snapshot"] = time.perf_counter() - t0
@@ -360,7 +525,6 @@ class ScenePipeline:
             return GroundOutcome(EMPTY_MEMORY, "the memory was cleared", [], 0, timings)
         if cancel is not None and cancel():
             return GroundOutcome(CANCELED, "cancelled", [], len(view), timings)
-        max_results = max_results if max_results > 0 else self.config.query.default_max_results
         result = self.grounder.ground(
             text.to(view.centroids.device),
             view.centroids,
@@ -370,14 +534,38 @@ class ScenePipeline:
             max_results=max_results,
             min_score=min_score if min_score > 0 else None,
             voxel_coords=view.coords,
-            label=query.strip(),
+            label=phrase,
         )
         timings.update({f"ground_{k}": v for k, v in result.timings.items()})
         stage("clustering", 0.9)
         if result.no_match:
             code = EMPTY_MEMORY if result.empty_memory else NO_MATCH
             return GroundOutcome(code, result.reason, [], len(view), timings, result)
-        return GroundOutcome(OK, "", list(result.boxes), len(view), timings, result)
+        boxes = list(result.boxes)
+        return GroundOutcome(OK, "", boxes, len(view), timings, result, [0] * len(boxes))
+
+    def can_answer(self, parsed: ParsedQuestion) -> bool:
+        """Whether :meth:`ask_spatial` answers this question (object-list questions need
+        the object layer; without it they are open questions for the language model)."""
+        if parsed.kind in OBJECT_LAYER_KINDS:
+            return self.objects is not None and self.vocabulary is not None
+        return True
+
+    def _instance_rows(
+        self, phrase: str, snap: ObjectSnapshot, viewpoint: Viewpoint | None, threshold: float
+    ) -> list[int]:
+        """Snapshot rows matching a phrase (which may carry relations), best first."""
+        assert self.vocabulary is not None
+        try:
+            expr = self.parse(phrase)
+        except ValueError:
+            return []
+        og = self.config.object_grounding
+        return [
+            m.index
+            for m in rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+            if m.score >= threshold
+        ]
 
     def ask_spatial(
         self,
@@ -388,11 +576,31 @@ class ScenePipeline:
         """Ground every phrase of a parsed spatial question, then answer exactly.
 
         -> (code, answer or None, message)."""
+        og = self.config.object_grounding
+        objects = self.objects if self.vocabulary is not None else None
+        if parsed.kind in OBJECT_LAYER_KINDS:
+            if objects is None:
+                return MODEL_UNAVAILABLE, None, "this question needs the object layer"
+            if len(self.memory) == 0:
+                return EMPTY_MEMORY, None, "nothing has been integrated yet"
+            snap = objects.snapshot()
+            answer = answer_object_question(
+                parsed, snap,
+                lambda ph: self._instance_rows(ph, snap, viewpoint, og.min_score),
+                viewpoint, og.oriented,
+            )  # fmt: skip
+            return (NO_MATCH, answer, answer.text) if answer.missing else (OK, answer, "")
         boxes: dict[str, list[Box3D]] = {}
-        for phrase in parsed.phrases:
+        for i, phrase in enumerate(parsed.phrases):
             if phrase in boxes:
                 continue
-            outcome = self.ground(phrase, cancel=cancel)
+            if parsed.kind == COUNT and i == 0 and objects is not None and len(self.memory):
+                # Counting needs every instance of the phrase, not the best few.
+                snap = objects.snapshot()
+                rows = self._instance_rows(phrase, snap, viewpoint, og.count_min_score)
+                boxes[phrase] = [result_box_of(snap.instances[r], og.oriented) for r in rows]
+                continue
+            outcome = self.ground(phrase, cancel=cancel, viewpoint=viewpoint)
             if outcome.code in (OK, NO_MATCH):
                 boxes[phrase] = outcome.boxes
             else:
@@ -502,25 +710,103 @@ class ScenePipeline:
 
     # ------------------------------------------------------------------ memory admin
 
+    def segment(
+        self,
+        query: str,
+        max_results: int = 0,
+        min_score: float = 0.0,
+        viewpoint: Viewpoint | None = None,
+    ) -> GroundOutcome:
+        """Expression -> matching object instances (with their points in ``matches``);
+        instances only: a query no instance explains is NO_MATCH."""
+        voxels = len(self.memory)
+        problem = self.check_query(query)
+        if problem:
+            return GroundOutcome(BAD_QUERY, problem, [], voxels)
+        if not (min_score <= 1.0):
+            return GroundOutcome(BAD_QUERY, f"min_score must be <= 1, got {min_score}", [], voxels)
+        if self.objects is None or self.vocabulary is None:
+            return GroundOutcome(
+                MODEL_UNAVAILABLE,
+                "segmentation needs the object layer (objects.enabled) and a grounding model",
+                [],
+                voxels,
+            )
+        if voxels == 0:
+            return GroundOutcome(EMPTY_MEMORY, "nothing has been integrated yet", [], 0)
+        try:
+            expr = self.parse(query)
+        except ValueError as exc:
+            return GroundOutcome(BAD_QUERY, str(exc), [], voxels)
+        snap = self.objects.snapshot()
+        if len(snap) == 0:
+            return GroundOutcome(EMPTY_MEMORY, "no object has been segmented yet", [], voxels)
+        og = self.config.object_grounding
+        threshold = min_score if min_score > 0 else og.min_score
+        limit = max_results if max_results > 0 else self.config.query.default_max_results
+        t0 = time.perf_counter()
+        ranked = rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+        matches = [m for m in ranked if m.score >= threshold][:limit]
+        timings = {"objects": time.perf_counter() - t0}
+        if not matches:
+            best = f" (best {ranked[0].score:.2f})" if ranked else ""
+            return GroundOutcome(
+                NO_MATCH, f"no object matches {query.strip()!r}{best}", [], voxels, timings
+            )
+        boxes = [result_box(m, og, m.instance.label) for m in matches]
+        ids = [m.instance.id for m in matches]
+        return GroundOutcome(OK, "", boxes, voxels, timings, None, ids, matches)
+
     def clear(self) -> int:
         with self._ingest_lock:
             self.keyframes.reset()
+            if self.objects is not None:
+                self.objects.clear()
             return self.memory.clear()
 
     def save(self, path: str) -> int:
-        return self.memory.save(path)
+        """Write the memory and the object layer (geometry, instance ids and features) to
+        one snapshot file (atomic); returns its size."""
+        sections = {}
+        if self.objects is not None:
+            self.objects.flush(complete=False)
+            sections["objects"] = self.objects.state()
+        return self.memory.save(path, sections)
+
+    def _limits(self) -> MemoryLimits:
+        mc = self.config.memory
+        return MemoryLimits(
+            voxel_size=mc.voxel_size,
+            feature_dims=dict(self.memory.feature_dims),
+            max_voxels=mc.max_voxels,
+            max_radius=mc.max_radius_m or None,
+            max_age_s=mc.max_age_s or None,
+            feature_dtype=getattr(torch, mc.feature_dtype),
+        )
 
     def load(self, path: str) -> int:
-        """Replace the memory with a snapshot; on any error the current one stays."""
-        loaded = VoxelPatchMemory.load(path, device=self.memory.device)
-        if loaded.feature_dims != self.memory.feature_dims:
-            raise ValueError(
-                f"snapshot features {loaded.feature_dims} do not match this encoder's "
-                f"{self.memory.feature_dims}"
-            )
+        """Replace the memory (and the object layer) with a snapshot. The snapshot must
+        have this configuration's voxel size and feature widths and fit its bounds (the
+        configuration is never replaced by the file's); on any error nothing changes."""
+        header, tensors = read_snapshot(path)
+        loaded = VoxelPatchMemory.from_snapshot(
+            header, tensors, self.memory.device, self._limits(), where=f"snapshot {path}"
+        )
+        objects_state = snapshot_section(header, tensors, "objects")
+        restore = None
+        if self.objects is not None and objects_state is not None:
+            try:
+                restore = self.objects.prepare_state(*objects_state)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SnapshotError(f"snapshot {path}: object layer: {exc}") from exc
         with self._ingest_lock:
             self.memory = loaded
             self.keyframes.reset()
+            if self.objects is not None:
+                if restore is not None:
+                    self.objects.apply_state(restore)
+                else:
+                    self.objects.clear()
         return len(loaded)
 
 

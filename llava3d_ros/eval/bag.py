@@ -54,7 +54,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,8 @@ __all__ = [
     "SCENE_FILE",
     "START_TIME_NS",
     "BagConfig",
+    "Walkthrough",
+    "WalkthroughFrame",
     "add_depth_noise",
     "base_link_poses",
     "load_scene",
@@ -305,6 +307,127 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
                 dynamic_ncols=True, mininterval=0.5)  # fmt: skip
 
 
+@dataclass
+class WalkthroughFrame:
+    """One rendered step of the walk-through (what the bag stores for it, and more)."""
+
+    index: int
+    stamp_ns: int
+    t_map_optical: np.ndarray  # (4, 4) camera pose
+    t_map_base: np.ndarray  # (4, 4) base_link pose
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float32 metres, 0 = no return (noisy when config.noise)
+    instance: np.ndarray  # (H, W) int32 ground-truth instance ids (0 = room)
+
+
+class Walkthrough:
+    """The room of ``config.seed`` and its rendered walk-through, frame by frame.
+
+    ``frames()`` renders lazily (a renderer lives while it runs); ``visibility`` fills
+    in as frames are rendered; ``document()`` then builds ``scene.json``."""
+
+    def __init__(self, config: BagConfig) -> None:
+        from llava3d_ros.eval.scene import compose_room, walkthrough_poses
+
+        self.config = config
+        self.spec = compose_room(config.seed, n_objects=config.objects)
+        self.poses = walkthrough_poses(self.spec, config.frames, config.seed, loops=config.loops)
+        self.base_poses = base_link_poses(self.poses)
+        period_ns = round(1e9 / config.rate)
+        self.stamps = [START_TIME_NS + i * period_ns for i in range(config.frames)]
+        self.visibility: dict[int, list[int]] = {}
+        self.intrinsics: Any = None
+
+    def frames(self, progress: bool = False) -> Iterator[WalkthroughFrame]:
+        from llava3d_ros.eval.render import RGBDRenderer
+        from llava3d_ros.eval.scene import build_pyrender_scene
+
+        cfg = self.config
+        noise_rng = np.random.default_rng(cfg.seed + 104_729)
+        renderer = RGBDRenderer(cfg.width, cfg.height)
+        self.intrinsics = renderer.intrinsics
+        try:
+            scene = build_pyrender_scene(self.spec, renderer)
+            bar = _progress(cfg.frames, "rendering", progress)
+            for i, (pose, base, stamp) in enumerate(
+                zip(self.poses, self.base_poses, self.stamps, strict=True)
+            ):
+                frame = renderer.render(scene, pose)
+                depth = frame.depth
+                if cfg.noise:
+                    depth = add_depth_noise(depth, noise_rng)
+                ids, px = np.unique(frame.instance, return_counts=True)
+                for k, n in zip(ids.tolist(), px.tolist(), strict=True):
+                    if k:
+                        v = self.visibility.setdefault(int(k), [0, 0])
+                        v[0] += 1
+                        v[1] = max(v[1], int(n))
+                yield WalkthroughFrame(i, stamp, pose, base, frame.rgb, depth, frame.instance)
+                bar.update(1)
+            bar.close()
+        finally:
+            renderer.close()
+
+    def document(self, message_counts: dict[str, int], seconds: float) -> dict[str, Any]:
+        """``scene.json``: ground truth, expressions and questions (after ``frames()``)."""
+        from llava3d_ros.core.spatial import Viewpoint
+        from llava3d_ros.eval import expressions as ex
+        from llava3d_ros.eval.assets import vocabulary
+
+        cfg, intr, stamps = self.config, self.intrinsics, self.stamps
+        if intr is None:
+            from llava3d_ros.eval.render import default_intrinsics
+
+            intr = default_intrinsics(cfg.width, cfg.height)
+        viewpoint = Viewpoint.from_transform(self.base_poses[-1], forward_axis="x")
+        visibility = {k: (v[0], v[1]) for k, v in self.visibility.items()}
+        objects = ex.objects_from_spec(self.spec, visibility)
+        absent = [(c, names[0]) for c, names in vocabulary("object").items()]
+        return {
+            "format": SCENE_FORMAT,
+            "version": SCENE_VERSION,
+            "generator": {**asdict(cfg), "seconds": round(seconds, 1)},
+            "bag": {
+                "storage": cfg.storage,
+                "duration_s": (stamps[-1] - stamps[0]) / 1e9,
+                "start_ns": stamps[0],
+                "end_ns": stamps[-1],
+                "message_counts": message_counts,
+            },
+            "topics": {
+                "color": COLOR_TOPIC,
+                "depth": DEPTH_TOPIC,
+                "camera_info": INFO_TOPIC,
+                "tf": TF_TOPIC,
+                "tf_static": TF_STATIC_TOPIC,
+            },
+            "frames": dict(FRAMES),
+            "camera": {
+                "width": intr.width,
+                "height": intr.height,
+                "fx": intr.fx,
+                "fy": intr.fy,
+                "cx": intr.cx,
+                "cy": intr.cy,
+                "depth_encoding": "16UC1",
+                "depth_noise": cfg.noise,
+            },
+            "viewpoint": {
+                **ex.viewpoint_to_dict(viewpoint),
+                "frame": FRAMES["base"],
+                "stamp_ns": stamps[-1],
+                "note": "base_link at the last frame, forward = +x (what the node answers from)",
+            },
+            "trajectory": [[round(float(v), 4) for v in p[:3, 3]] for p in self.poses],
+            "objects": [o.to_dict() for o in objects],
+            "expressions": ex.referring_expressions(objects, viewpoint),
+            "questions": ex.spatial_questions(
+                objects, viewpoint, cfg.seed, absent_categories=absent
+            ),
+            "spec": self.spec.to_dict(),
+        }
+
+
 def make_bag(
     out: str | Path, config: BagConfig = BagConfig(), *, overwrite: bool = False,
     progress: bool = True,
@@ -314,12 +437,6 @@ def make_bag(
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import StoragePlugin
 
-    from llava3d_ros.core.spatial import Viewpoint
-    from llava3d_ros.eval import expressions as ex
-    from llava3d_ros.eval.assets import vocabulary
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, walkthrough_poses
-
     out = Path(out)
     if out.exists():
         if not overwrite:
@@ -327,24 +444,15 @@ def make_bag(
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    spec = compose_room(config.seed, n_objects=config.objects)
-    poses = walkthrough_poses(spec, config.frames, config.seed, loops=config.loops)
-    base_poses = base_link_poses(poses)
+    walk = Walkthrough(config)
     t_map_odom = map_to_odom()
     t_odom_map = np.linalg.inv(t_map_odom)
     t_base_link, t_link_opt = rig_transforms()
-    period_ns = round(1e9 / config.rate)
-    stamps = [START_TIME_NS + i * period_ns for i in range(config.frames)]
-    noise_rng = np.random.default_rng(config.seed + 104_729)
-
+    stamps = walk.stamps
     m = _Messages()
     plugin = StoragePlugin.MCAP if config.storage == "mcap" else StoragePlugin.SQLITE3
-    visibility: dict[int, list[int]] = {}
-    renderer = RGBDRenderer(config.width, config.height)
-    intr = renderer.intrinsics
     counts = {COLOR_TOPIC: 0, DEPTH_TOPIC: 0, INFO_TOPIC: 0, TF_TOPIC: 0, TF_STATIC_TOPIC: 0}
     try:
-        scene = build_pyrender_scene(spec, renderer)
         with Writer(out, version=9, storage_plugin=plugin) as writer:
             ts = m.store
             conns = {
@@ -374,76 +482,22 @@ def make_bag(
                 m.transform(stamps[0], FRAMES["camera_link"], FRAMES["optical"], t_link_opt),
             ])  # fmt: skip
             write(TF_STATIC_TOPIC, stamps[0], static)
-            bar = _progress(config.frames, "rendering", progress)
-            for pose, base, stamp in zip(poses, base_poses, stamps, strict=True):
-                frame = renderer.render(scene, pose)
-                depth = frame.depth
-                if config.noise:
-                    depth = add_depth_noise(depth, noise_rng)
-                ids, px = np.unique(frame.instance, return_counts=True)
-                for k, n in zip(ids.tolist(), px.tolist(), strict=True):
-                    if k:
-                        v = visibility.setdefault(int(k), [0, 0])
-                        v[0] += 1
-                        v[1] = max(v[1], int(n))
+            for f in walk.frames(progress):
+                stamp = f.stamp_ns
+                intr = walk.intrinsics
                 tf = m.tf([
                     m.transform(stamp, FRAMES["map"], FRAMES["odom"], t_map_odom),
-                    m.transform(stamp, FRAMES["odom"], FRAMES["base"], t_odom_map @ base),
+                    m.transform(stamp, FRAMES["odom"], FRAMES["base"], t_odom_map @ f.t_map_base),
                 ])  # fmt: skip
                 write(TF_TOPIC, stamp, tf)
                 write(INFO_TOPIC, stamp + 1, m.camera_info(stamp, FRAMES["optical"], intr))
                 write(DEPTH_TOPIC, stamp + 2,
-                      m.image(stamp, FRAMES["optical"], depth_to_mm(depth), "16UC1"))  # fmt: skip
-                write(COLOR_TOPIC, stamp + 3, m.image(stamp, FRAMES["optical"], frame.rgb, "rgb8"))
-                bar.update(1)
-            bar.close()
+                      m.image(stamp, FRAMES["optical"], depth_to_mm(f.depth), "16UC1"))  # fmt: skip
+                write(COLOR_TOPIC, stamp + 3, m.image(stamp, FRAMES["optical"], f.rgb, "rgb8"))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave half a bag behind
         raise
-    finally:
-        renderer.close()
-
-    viewpoint = Viewpoint.from_transform(base_poses[-1], forward_axis="x")
-    objects = ex.objects_from_spec(spec, {k: (v[0], v[1]) for k, v in visibility.items()})
-    absent = [(c, names[0]) for c, names in vocabulary("object").items()]
-    doc: dict[str, Any] = {
-        "format": SCENE_FORMAT,
-        "version": SCENE_VERSION,
-        "generator": {**asdict(config), "seconds": round(time.monotonic() - t_start, 1)},
-        "bag": {
-            "storage": config.storage,
-            "duration_s": (stamps[-1] - stamps[0]) / 1e9,
-            "start_ns": stamps[0],
-            "end_ns": stamps[-1],
-            "message_counts": counts,
-        },
-        "topics": {
-            "color": COLOR_TOPIC,
-            "depth": DEPTH_TOPIC,
-            "camera_info": INFO_TOPIC,
-            "tf": TF_TOPIC,
-            "tf_static": TF_STATIC_TOPIC,
-        },
-        "frames": dict(FRAMES),
-        "camera": {
-            "width": intr.width, "height": intr.height, "fx": intr.fx, "fy": intr.fy,
-            "cx": intr.cx, "cy": intr.cy, "depth_encoding": "16UC1",
-            "depth_noise": config.noise,
-        },
-        "viewpoint": {
-            **ex.viewpoint_to_dict(viewpoint),
-            "frame": FRAMES["base"],
-            "stamp_ns": stamps[-1],
-            "note": "base_link at the last frame, forward = +x (what the node answers from)",
-        },
-        "trajectory": [[round(float(v), 4) for v in p[:3, 3]] for p in poses],
-        "objects": [o.to_dict() for o in objects],
-        "expressions": ex.referring_expressions(objects, viewpoint),
-        "questions": ex.spatial_questions(
-            objects, viewpoint, config.seed, absent_categories=absent
-        ),
-        "spec": spec.to_dict(),
-    }
+    doc = walk.document(counts, time.monotonic() - t_start)
     (out / SCENE_FILE).write_text(json.dumps(doc, indent=1))
     return doc
 

@@ -9,9 +9,10 @@ walk-through of the seed-0 room with a curated query list, then a results table.
    takes.
 3. Runs the evaluation (:func:`~llava3d_ros.eval.evaluate.evaluate`: the node in its own
    process, the bag replayed with ``/clock``, the goals sent from a separate client) and
-   prints one row per goal: query, top box, IoU against the ground truth, hit/miss,
-   latency; question, answer, expected answer, correct. ``OUT/report.png`` shows them on
-   a top-down map of the room.
+   prints one row per goal: query, the object instance of the top box ("#id label", when
+   it is one), top box, IoU against the ground truth, hit/miss, latency; question,
+   answer, expected answer, correct. ``OUT/report.png`` shows them on a top-down map of
+   the room.
 """
 
 from __future__ import annotations
@@ -85,9 +86,17 @@ def _vec(v: Sequence[float]) -> str:
     return "(" + ", ".join(f"{x:5.2f}" for x in v) + ")"
 
 
+def _instance(r: Mapping[str, Any]) -> str:
+    """The top box's object instance, "#id label"; "-" for a voxel-relevancy region."""
+    if not r.get("instance_id"):
+        return "-"
+    return f"#{r['instance_id']} {r.get('instance_label', '')}".strip()
+
+
 def print_tables(ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, Any]]) -> None:
     print()
-    head = f"{'query':<44} {'top box centre':<21} {'size':<21} {'IoU':>5}  {'':4} {'ms':>6}"
+    head = (f"{'query':<44} {'instance':<18} {'top box centre':<21} {'size':<21} {'IoU':>5}  "
+            f"{'':4} {'ms':>6}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for r in ground:
@@ -97,8 +106,8 @@ def print_tables(ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, 
         else:
             centre, size = f"[{r['error']}]", ""
         mark = "hit" if r["hit_at_0_25"] else "miss"
-        print(f"{r['query'][:44]:<44} {centre:<21} {size:<21} {r['iou']:5.2f}  {mark:4} "
-              f"{r['latency_ms']:6.0f}")  # fmt: skip
+        print(f"{r['query'][:44]:<44} {_instance(r)[:18]:<18} {centre:<21} {size:<21} "
+              f"{r['iou']:5.2f}  {mark:4} {r['latency_ms']:6.0f}")  # fmt: skip
     print()
     head = f"{'question':<50} {'answer':<34} {'expected':<15} {'':7} {'ms':>6}"
     print(head)

@@ -8,12 +8,16 @@ scores.
 2. This process replays the bag with ``/clock`` (:mod:`~llava3d_ros.eval.replay`) at
    ``--rate`` times real time, with a progress bar, then keeps ``/clock`` running and
    waits until ingest has drained: every published colour frame received and the node's
-   counters (keyframes, drops, voxels) unchanged for ``DRAIN_QUIET_S``.
+   counters (keyframes, drops, voxels) unchanged for ``DRAIN_QUIET_S``. When the node runs
+   its object layer, it then waits (``objects_timeout_s``) for an object list
+   (``/llava3d/objects``) whose ``data_stamp`` reaches the last integrated keyframe: the
+   layer re-segments in a background worker, so it lags ingest by a second or two.
 3. A separate client (:class:`~llava3d_ros.client.Llava3DClient`, its own ROS context and
    node) sends every referring expression as a ``/llava3d/ground`` goal and every
    question as a ``/llava3d/ask`` goal, one at a time, and times the round trips.
-4. Scores (:mod:`~llava3d_ros.eval.metrics`) go to ``metrics.json``; every query with the
-   node's raw answer to ``results.json``; ``report.png`` and ``report.md`` show them
+4. Scores (:mod:`~llava3d_ros.eval.metrics`, including the object instances against the
+   scene's boxes) go to ``metrics.json``; every query with the node's raw answer, and
+   the final object list, to ``results.json``; ``report.png`` and ``report.md`` show them
    (:mod:`~llava3d_ros.eval.report`). ``node.log`` keeps the node's output.
 
 DDS environment: variables the user has set are kept. Otherwise this command selects
@@ -54,6 +58,7 @@ from llava3d_ros.eval.expressions import SceneObject, object_by_id
 
 __all__ = [
     "DRAIN_QUIET_S",
+    "OBJECTS_TIMEOUT_S",
     "EvalConfig",
     "EvalResult",
     "evaluate",
@@ -64,6 +69,11 @@ __all__ = [
 
 #: Ingest counts as drained once the node's counters stayed unchanged this long.
 DRAIN_QUIET_S = 2.0
+#: Longest wait after the drain for an object list that includes the last keyframe.
+OBJECTS_TIMEOUT_S = 30.0
+# The node writes one float keyframe stamp into MemoryStats and ObjectList through two
+# conversions that can disagree by ~0.3 us; keyframes are >= one frame period apart.
+_STAMP_TOL_NS = 1_000_000
 _EVAL_DOMAINS = range(201, 233)  # clear of the tests' 101-200; Fast DDS allows <= 232
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,6 +177,15 @@ def load_queries(
     return ground, ask
 
 
+def fill_kinds(ground: list[dict[str, Any]], scene: Mapping[str, Any]) -> None:
+    """Give queries without a ``kind`` the kind of the scene expression with the same
+    text ("" when there is none), so a queries file (the demo's) is split by kind too."""
+    kinds = {e["query"]: e.get("kind", "") for e in scene.get("expressions", [])}
+    for g in ground:
+        if not g.get("kind"):
+            g["kind"] = kinds.get(g["query"], "")
+
+
 # ------------------------------------------------------------------------- evaluation
 
 
@@ -184,6 +203,7 @@ class EvalConfig:
     start_timeout_s: float = 180.0
     drain_timeout_s: float = 600.0
     query_timeout_s: float = 120.0
+    objects_timeout_s: float = OBJECTS_TIMEOUT_S
     stats_period_s: float = 0.25  # node param, in bag (sim) seconds
     verbose: bool = True
 
@@ -194,6 +214,7 @@ class EvalResult:
     ground: list[dict[str, Any]] = field(default_factory=list)
     qa: list[dict[str, Any]] = field(default_factory=list)
     out: Path | None = None
+    objects: list[dict[str, Any]] = field(default_factory=list)  # the node's final list
 
 
 def _head_in_use(params: dict[str, Any]) -> str:
@@ -214,6 +235,8 @@ def _node_params(cfg: EvalConfig, path: Path) -> dict[str, Any]:
         "qos_reliability": "reliable",
         "qos_depth": 10,
         "stats_period_s": cfg.stats_period_s,
+        # The evaluation's own snapshot ("memory") goes next to its other outputs.
+        "snapshot": {"dir": str(Path(cfg.out).resolve())},
     }
     # The node itself picks up the shipped grounding head (encoder.head_path default).
     doc = {"/**": {"ros__parameters": params}}
@@ -253,14 +276,15 @@ def _peak_rss_mb(pid: int) -> float | None:
 
 
 def _save_snapshot(monitor: Any, path: Path, cfg: EvalConfig) -> np.ndarray:
-    """Ask the node to save its memory to ``path``; its voxel centroids (N, 3), or the
-    last memory cloud's points when the service fails."""
+    """Ask the node to save its memory as snapshot ``path.stem`` (its snapshot directory
+    is the output directory); its voxel centroids (N, 3), or the last memory cloud's
+    points when the service fails."""
     from llava3d_interfaces.srv import SaveMemory
 
     client = monitor.node.create_client(SaveMemory, "/llava3d/save_memory")
     try:
         if client.wait_for_service(timeout_sec=30.0):
-            future = client.call_async(SaveMemory.Request(path=str(path.resolve())))
+            future = client.call_async(SaveMemory.Request(name=path.stem))
             deadline = time.monotonic() + cfg.query_timeout_s
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -298,14 +322,59 @@ def _cloud_points(msg: Any) -> tuple[np.ndarray, np.ndarray]:
     return xyz, colors
 
 
+def _objects_expected(params: Mapping[str, Any]) -> bool:
+    """Does the node publish ``~/objects``? ``objects.enabled`` and ``objects_period_s``
+    > 0, with the node's defaults where the params leave them unset."""
+    from llava3d_ros.core.objects.object_map import ObjectConfig
+    from llava3d_ros.ros.params import OutputSettings
+
+    section = params.get("objects")
+    enabled = (section if isinstance(section, Mapping) else {}).get(
+        "enabled", ObjectConfig().enabled
+    )
+    period = params.get("objects_period_s", OutputSettings().objects_period_s)
+    return bool(enabled) and float(period) > 0
+
+
+def _stamp_ns(t: Any) -> int:
+    return int(t.sec) * 10**9 + int(t.nanosec)
+
+
+def objects_include(data_stamp_ns: int, keyframe_stamp_ns: int) -> bool:
+    """Does a segmentation with ``data_stamp`` include the keyframe stamped so?"""
+    return data_stamp_ns >= keyframe_stamp_ns - _STAMP_TOL_NS
+
+
+def _object_record(o: Any) -> dict[str, Any]:
+    """One llava3d_interfaces/SceneObject as JSON (box as centre, size, yaw)."""
+    p, q = o.center.position, o.center.orientation
+    box = M.box_from_pose((p.x, p.y, p.z), (o.size.x, o.size.y, o.size.z), (q.x, q.y, q.z, q.w))
+    return {
+        "id": int(o.id),
+        "role": str(o.role),
+        "label": str(o.label),
+        "label_score": round(float(o.label_score), 4),
+        "top_labels": [
+            [str(n), round(float(v), 4)] for n, v in zip(o.top_labels, o.top_scores, strict=False)
+        ],
+        "color": str(o.color),
+        "center": [round(float(v), 4) for v in box.center],
+        "size": [round(float(v), 4) for v in box.size],
+        "yaw": round(box.yaw, 4),
+        "support_id": int(o.support_id),
+        "num_points": int(o.num_points),
+        "num_observations": int(o.num_observations),
+    }
+
+
 class _Monitor:
-    """The evaluator's own node: the replayer's publishers plus the node's stats and
-    memory cloud, spun in a background thread."""
+    """The evaluator's own node: the replayer's publishers plus the node's stats, memory
+    cloud and object list, spun in a background thread."""
 
     def __init__(self) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from llava3d_interfaces.msg import MemoryStats
+        from llava3d_interfaces.msg import MemoryStats, ObjectList
         from rclpy.context import Context
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.node import Node
@@ -322,10 +391,14 @@ class _Monitor:
         self.cloud: Any = None
         self.cloud_wall = 0.0
         self.diagnostics: dict[str, str] = {}
+        self.objects: Any = None  # the latest llava3d_interfaces/ObjectList
         self.node.create_subscription(MemoryStats, "/llava3d/memory_stats", self._on_stats, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_subscription(
             PointCloud2, "/llava3d/memory_cloud", self._on_cloud, QoSProfile(depth=2)
+        )
+        self.node.create_subscription(
+            ObjectList, "/llava3d/objects", self._on_objects, QoSProfile(depth=2)
         )
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         self.executor.add_node(self.node)
@@ -350,6 +423,14 @@ class _Monitor:
     def _on_cloud(self, msg: Any) -> None:
         with self.lock:
             self.cloud, self.cloud_wall = msg, time.monotonic()
+
+    def _on_objects(self, msg: Any) -> None:
+        with self.lock:
+            self.objects = msg
+
+    def latest_objects(self) -> Any:
+        with self.lock:
+            return self.objects
 
     def latest(self) -> tuple[Any, float]:
         with self.lock:
@@ -432,6 +513,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         ask_q = [{**q, "answer": _answer_text(q["answer"])} for q in cfg.questions or []]
     else:
         ground_q, ask_q = load_queries(cfg.queries, scene)
+    fill_kinds(ground_q, scene)
     env_set = prepare_ros_environment()
     params_file = out / "node_params.yaml"
     params = _node_params(cfg, params_file)
@@ -528,10 +610,16 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         _say(cfg, f"ingest drained: {stats.frames_received}/{published} frames received, "
                   f"{stats.keyframes_integrated} keyframes, {stats.num_voxels} voxels, "
                   f"drops {drops or 'none'}")  # fmt: skip
+        objects_msg, objects_complete = _wait_for_objects(monitor, node, cfg, params)
+        timings["objects_wait_s"] = time.monotonic() - t_drained
+        object_records = (
+            [_object_record(o) for o in objects_msg.objects] if objects_msg is not None else []
+        )
+        labels = {r["id"]: r["label"] for r in object_records}
 
         # Queries, one at a time, from the separate client.
         t_q = time.monotonic()
-        ground_records = [_ground_one(client, g, objects, cfg) for g in ground_q]
+        ground_records = [_ground_one(client, g, objects, cfg, labels) for g in ground_q]
         qa_records = [_ask_one(client, q, cfg) for q in ask_q]
         timings["queries_wall_s"] = time.monotonic() - t_q
         peak_rss = _peak_rss_mb(node.proc.pid)
@@ -594,18 +682,68 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "timings_s": {k: round(v, 2) for k, v in timings.items()},
         }
     }
-    metrics = M.summarize(ground_records, qa_records, ingest, memory, extra)
+    objects_m = M.objects_summary(
+        object_records if objects_msg is not None else None,
+        scene["objects"],
+        update_time_s=None if objects_msg is None else float(objects_msg.update_time_s),
+        update_count=None if objects_msg is None else int(objects_msg.update_count),
+    )
+    # Whether the scored list includes the last keyframe (None: the node published none).
+    objects_m["includes_last_keyframe"] = objects_complete
+    metrics = M.summarize(ground_records, qa_records, ingest, memory, extra, objects_m)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "results.json").write_text(json.dumps(
-        {"ground": ground_records, "spatial_qa": qa_records}, indent=1) + "\n")  # fmt: skip
+        {"ground": ground_records, "spatial_qa": qa_records, "objects": object_records},
+        indent=1) + "\n")  # fmt: skip
     from llava3d_ros.eval.report import write_report
 
-    write_report(out, scene, metrics, ground_records, qa_records, cloud_xyz)
-    return EvalResult(metrics, ground_records, qa_records, out)
+    write_report(out, scene, metrics, ground_records, qa_records, cloud_xyz, object_records)
+    return EvalResult(metrics, ground_records, qa_records, out, object_records)
 
 
-def _ground_one(client: Any, g: Mapping[str, Any], objects: Sequence[SceneObject],
-                cfg: EvalConfig) -> dict[str, Any]:  # fmt: skip
+def _wait_for_objects(
+    monitor: _Monitor, node: _NodeProcess, cfg: EvalConfig, params: Mapping[str, Any]
+) -> tuple[Any, bool | None]:
+    """The node's object list once it includes the last integrated keyframe, and whether
+    it does: (None, None) when the node runs no object layer. A timeout is reported and
+    the latest list is scored anyway (``objects.includes_last_keyframe`` false), since
+    the grounding and QA numbers are still worth having."""
+    if not _objects_expected(params):
+        return monitor.latest_objects(), None  # object layer off: no list is coming
+
+    def caught_up() -> bool:
+        stats, msg = monitor.latest()[0], monitor.latest_objects()
+        return (
+            stats is not None
+            and msg is not None
+            and objects_include(_stamp_ns(msg.data_stamp), _stamp_ns(stats.last_keyframe_stamp))
+        )
+
+    try:
+        _wait(caught_up, cfg.objects_timeout_s, "the object layer", node)
+        return monitor.latest_objects(), True
+    except TimeoutError:
+        stats, msg = monitor.latest()[0], monitor.latest_objects()
+        last = _stamp_ns(stats.last_keyframe_stamp) * 1e-9 if stats is not None else float("nan")
+        if msg is None:
+            what = "no object list arrived on /llava3d/objects"
+        else:
+            what = (f"the newest object list (/llava3d/objects, update {msg.update_count}) "
+                    f"has data_stamp {_stamp_ns(msg.data_stamp) * 1e-9:.3f} s, older than "
+                    f"the last integrated keyframe ({last:.3f} s)")  # fmt: skip
+        print(f"warning: after {cfg.objects_timeout_s:.0f} s {what}; scoring the object list "
+              f"as it is (see node.log)", file=sys.stderr, flush=True)  # fmt: skip
+        return msg, False
+
+
+def _ground_one(
+    client: Any,
+    g: Mapping[str, Any],
+    objects: Sequence[SceneObject],
+    cfg: EvalConfig,
+    labels: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
+    """One grounding goal scored; ``labels``: instance id -> label of the object list."""
     target = object_by_id(objects, g["target"])
     t0 = time.perf_counter()
     r = client.ground(g["query"], timeout=cfg.query_timeout_s)
@@ -617,7 +755,8 @@ def _ground_one(client: Any, g: Mapping[str, Any], objects: Sequence[SceneObject
         boxes.append({"center": [round(float(v), 4) for v in box.center],
                       "size": [round(float(v), 4) for v in box.size],
                       "yaw": round(box.yaw, 4), "score": round(float(o.score), 4),
-                      "label": o.label, "num_voxels": int(o.num_voxels)})  # fmt: skip
+                      "label": o.label, "num_voxels": int(o.num_voxels),
+                      "instance_id": int(o.instance_id)})  # fmt: skip
     if r.ok and r.objects:
         top = r.objects[0]
         pred = M.box_from_pose(top.center, top.size, top.orientation_xyzw)
@@ -630,6 +769,9 @@ def _ground_one(client: Any, g: Mapping[str, Any], objects: Sequence[SceneObject
         "message": r.message,
         "frame_id": r.frame_id,
         "boxes": boxes,
+        # The top box's object instance (0: a voxel-relevancy region) and its label.
+        "instance_id": boxes[0]["instance_id"] if boxes else 0,
+        "instance_label": (labels or {}).get(boxes[0]["instance_id"], "") if boxes else "",
         "iou": round(scores["iou"], 4),
         "iou_oriented": round(scores["iou_oriented"], 4),
         "hit_at_0_25": scores["hit_at_0_25"],
@@ -677,14 +819,42 @@ def print_summary(metrics: Mapping[str, Any]) -> None:
     def f(x: Any, fmt: str = "{:.3f}") -> str:
         return "n/a" if x is None else fmt.format(x)
 
-    print(f"grounding   n={g['n']}  Acc@0.25={f(g['acc_at_0_25'])}  Acc@0.5={f(g['acc_at_0_5'])}"
-          f"  median IoU={f(g['median_iou'])}")
+    print(
+        f"grounding   n={g['n']}  Acc@0.25={f(g['acc_at_0_25'])}  Acc@0.5={f(g['acc_at_0_5'])}"
+        f"  median IoU={f(g['median_iou'])}"
+    )
+    kinds = "  ".join(
+        f"{k} {f(v['acc_at_0_25'], '{:.2f}')} (n={v['n']})" for k, v in g.get("by_kind", {}).items()
+    )
+    print(f"  by kind   Acc@0.25: {kinds}")
     print(f"spatial QA  n={qa['n']}  accuracy={f(qa['accuracy'])}")
-    print(f"ingest      {ing['frames_received']}/{ing['frames_published']} frames, "
-          f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
-          f"{ing['dropped']} dropped")
-    print(f"latency     ground p50 {f(lat['ground_p50'], '{:.0f}')} ms, "
-          f"p95 {f(lat['ground_p95'], '{:.0f}')} ms; ask p50 {f(lat['ask_p50'], '{:.0f}')} ms")
+    # Only the types asked; yes/no and either/or sit on a 50 % coin-flip floor.
+    types = "  ".join(
+        f"{k} {f(v['accuracy'], '{:.2f}')} (n={v['n']})"
+        for k, v in qa.get("by_type", {}).items()
+        if v["n"]
+    )
+    print(f"  by type   {types or 'none'}; chance floor {f(qa.get('chance_floor'), '{:.2f}')}")
+    o = metrics.get("objects")
+    if o is not None and o.get("n_pred_objects") is not None:
+        print(
+            f"objects     {o['n_pred_objects']} objects + {o['n_pred_furniture']} furniture "
+            f"segmented vs {o['n_gt_objects']} + {o['n_gt_furniture']} visible: "
+            f"recall@0.25={f(o['object_recall_at_0_25'])}  "
+            f"precision@0.25={f(o['object_precision_at_0_25'])}  "
+            f"AP@0.25={f(o['object_ap_at_0_25'])}  label acc={f(o['label_accuracy'])}"
+        )
+    elif o is not None:
+        print("objects     none published (object layer off)")
+    print(
+        f"ingest      {ing['frames_received']}/{ing['frames_published']} frames, "
+        f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
+        f"{ing['dropped']} dropped"
+    )
+    print(
+        f"latency     ground p50 {f(lat['ground_p50'], '{:.0f}')} ms, "
+        f"p95 {f(lat['ground_p95'], '{:.0f}')} ms; ask p50 {f(lat['ask_p50'], '{:.0f}')} ms"
+    )
     print(f"memory      {mem['voxels']} voxels, node peak RSS {f(mem['peak_rss_mb'], '{:.0f}')} MB")
     codes = metrics.get("run", {}).get("error_codes", {})
     if set(codes) - {"NONE"}:
@@ -697,6 +867,8 @@ def run(args: argparse.Namespace) -> int:
                      progress=not args.no_progress)  # fmt: skip
     result = evaluate(cfg)
     print_summary(result.metrics)
-    print(f"wrote {args.out}/metrics.json, report.png, report.md, results.json "
-          f"in {result.metrics['run']['timings_s']['total_s']:.0f} s")
+    print(
+        f"wrote {args.out}/metrics.json, report.png, report.md, results.json "
+        f"in {result.metrics['run']['timings_s']['total_s']:.0f} s"
+    )
     return 0

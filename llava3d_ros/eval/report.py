@@ -2,10 +2,13 @@
 
 ``report.png``: left, a top-down view of the room in the map frame: the node's memory
 voxels (centroids from a snapshot the node saves at the end, coloured by height), ground-truth
-boxes of the objects (green, with their ids) and furniture (grey), the camera path
-and the final viewpoint, and every query's top predicted box (blue: a hit at IoU 0.25,
-red dashed: a miss) numbered like the table; right, the scores and one line per query
-and question with hit/miss. ``report.md``: the same numbers as tables.
+boxes of the objects (green, with their ids) and furniture (grey), the node's object
+instances (thin outlines, magenta: objects, orange: furniture, "#id label"), the camera
+path and the final viewpoint, and every query's top predicted box (blue: a hit at IoU
+0.25, red dashed: a miss) numbered like the table; right, the scores (overall, grounding
+by expression kind, QA by question type with its coin-flip floor, instance segmentation)
+and one line per query and question with hit/miss. ``report.md``: the same numbers as
+tables, plus the object list.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ __all__ = ["write_report"]
 _HIT = "#1f5fbf"
 _MISS = "#d62728"
 _GT = "#2ca02c"
+# The node's instances: apart from ground truth, query boxes and the viridis voxels.
+_INST_OBJECT = "#e0119d"
+_INST_FURNITURE = "#ff7f0e"
 
 
 def _footprint(center: Sequence[float], size: Sequence[float], yaw: float) -> np.ndarray:
@@ -39,6 +45,32 @@ def _fmt(x: Any, spec: str = "{:.3f}") -> str:
     return "n/a" if x is None else spec.format(x)
 
 
+def _by_kind_text(g: Mapping[str, Any]) -> str:
+    return "  ".join(f"{k} {_fmt(v['acc_at_0_25'], '{:.2f}')} (n={v['n']})"
+                     for k, v in g.get("by_kind", {}).items())  # fmt: skip
+
+
+def _by_type_text(qa: Mapping[str, Any]) -> str:
+    short = {"yes_no": "y/n", "either_or": "either", "distance": "dist", "count": "count"}
+    return "  ".join(f"{short.get(k, k)} {_fmt(v['accuracy'], '{:.2f}')} (n={v['n']})"
+                     for k, v in qa.get("by_type", {}).items() if v["n"])  # fmt: skip
+
+
+def _objects_lines(o: Mapping[str, Any] | None) -> list[str]:
+    """The object metrics in two short lines (the side panel is narrow)."""
+    if not o or o.get("n_pred_objects") is None:
+        return ["Objects: none published (object layer off)"]
+    return [
+        f"Objects {o['n_pred_objects']}+{o['n_pred_furniture']} segmented vs "
+        f"{o['n_gt_objects']}+{o['n_gt_furniture']} visible (objects+furniture); "
+        f"label acc {_fmt(o['label_accuracy'], '{:.2f}')}",
+        f"  recall@0.25 obj {_fmt(o['object_recall_at_0_25'], '{:.2f}')} / furn "
+        f"{_fmt(o['furniture_recall_at_0_25'], '{:.2f}')}  precision@0.25 "
+        f"{_fmt(o['object_precision_at_0_25'], '{:.2f}')}  AP@0.25 "
+        f"{_fmt(o['object_ap_at_0_25'], '{:.2f}')}  AP@0.5 {_fmt(o['object_ap_at_0_5'], '{:.2f}')}",
+    ]  # fmt: skip
+
+
 def write_report(
     out: str | Path,
     scene: Mapping[str, Any],
@@ -46,13 +78,15 @@ def write_report(
     ground: Sequence[Mapping[str, Any]],
     qa: Sequence[Mapping[str, Any]],
     cloud_xyz: np.ndarray | None = None,
+    objects: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``report.png`` and ``report.md`` into ``out``; returns their paths."""
+    """Write ``report.png`` and ``report.md`` into ``out``; returns their paths.
+    ``objects``: the node's final object list (``results.json``'s ``objects``)."""
     out = Path(out)
     png = out / "report.png"
     md = out / "report.md"
-    _plot(png, scene, metrics, ground, qa, cloud_xyz)
-    md.write_text(_markdown(scene, metrics, ground, qa))
+    _plot(png, scene, metrics, ground, qa, cloud_xyz, objects or [])
+    md.write_text(_markdown(scene, metrics, ground, qa, objects or []))
     return png, md
 
 
@@ -61,7 +95,7 @@ def write_report(
 
 def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
           ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, Any]],
-          cloud: np.ndarray | None) -> None:  # fmt: skip
+          cloud: np.ndarray | None, instances: Sequence[Mapping[str, Any]]) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,6 +132,17 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
             ax.annotate(o["id"], (o["center"][0], o["center"][1]), xytext=(0, 9),
                         textcoords="offset points", color="#1a6e1a", fontsize=7.5,
                         ha="center", fontweight="bold")  # fmt: skip
+    # The node's instances: thin, under the query boxes, labelled at a corner so the
+    # labels do not sit on the ground-truth ids at the centres.
+    for inst in sorted(instances, key=lambda i: i["role"] != "furniture"):
+        color = _INST_FURNITURE if inst["role"] == "furniture" else _INST_OBJECT
+        fp = _footprint(inst["center"], inst["size"], inst["yaw"])
+        ax.plot(fp[:, 0], fp[:, 1], color=color, lw=0.8, alpha=0.95, zorder=3)
+        corner = fp[int(np.argmin(fp[:4, 0] - fp[:4, 1]))]  # the upper-left-most corner
+        ax.text(corner[0], corner[1], f"#{inst['id']} {_short(inst['label'], 16)}",
+                color=color, fontsize=6, ha="left", va="bottom", zorder=4,
+                bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none",
+                      "alpha": 0.6})  # fmt: skip
     traj = np.asarray(scene.get("trajectory", []))
     if len(traj):
         ax.plot(traj[:, 0], traj[:, 1], color="#8c564b", lw=0.9, ls="--", alpha=0.8)
@@ -126,7 +171,8 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
     g = metrics["grounding"]
     ax.set_title(
         f"seed {scene['generator']['seed']}: {len(cloud) if cloud is not None else 0} memory "
-        f"voxels, ground truth, top predicted box per query (map frame, top-down)",
+        f"voxels, {len(instances)} object instances, ground truth, top predicted box per "
+        f"query (map frame, top-down)",
         fontsize=10,
     )
     legend = [
@@ -135,8 +181,10 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         Line2D([], [], color=_HIT, lw=2, label="top box: hit (IoU >= 0.25)"),
         Line2D([], [], color=_MISS, lw=2, ls="--", label="top box: miss"),
         Line2D([], [], color="#8c564b", lw=1, ls="--", label="camera path"),
+        Line2D([], [], color=_INST_OBJECT, lw=0.8, label="node instance: object"),
+        Line2D([], [], color=_INST_FURNITURE, lw=0.8, label="node instance: furniture"),
     ]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3,
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=4,
               fontsize=8, frameon=False)  # fmt: skip
 
     # Right column: scores, then one line per query and question.
@@ -144,7 +192,11 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
     lines: list[tuple[str, str]] = [
         (f"Grounding  n={g['n']}  Acc@0.25 {_fmt(g['acc_at_0_25'])}  "
          f"Acc@0.5 {_fmt(g['acc_at_0_5'])}  median IoU {_fmt(g['median_iou'])}", "black"),
-        (f"Spatial QA n={qa_m['n']}  accuracy {_fmt(qa_m['accuracy'])}", "black"),
+        (f"  by kind Acc@0.25: {_by_kind_text(g)}", "black"),
+        (f"Spatial QA n={qa_m['n']}  accuracy {_fmt(qa_m['accuracy'])}  chance floor "
+         f"{_fmt(qa_m.get('chance_floor'), '{:.2f}')}", "black"),
+        (f"  by type: {_by_type_text(qa_m)}", "black"),
+        *((text, "black") for text in _objects_lines(metrics.get("objects"))),
         (f"Ingest {ing['frames_received']}/{ing.get('frames_published', '?')} frames, "
          f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
          f"{ing['dropped']} dropped", "black"),
@@ -154,6 +206,7 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         ("", "black"),
         (f"{'#':>3} {'query':<40} {'target':<20} {'IoU':>5}", "0.3"),
     ]  # fmt: skip
+    n_head = len(lines) - 2  # the score lines, in bold
     for i, r in enumerate(ground, 1):
         mark = "HIT " if r["hit_at_0_25"] else "miss"
         note = "" if r["boxes"] or r["error"] == "NONE" else f" {r['error']}"
@@ -172,7 +225,7 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
     for k, (text, color) in enumerate(lines):
         side.text(0.0, 1.0 - (k + 0.5) * step, text, family="monospace", fontsize=size,
                   color=color, va="top", ha="left", transform=side.transAxes,
-                  fontweight="bold" if k < 4 else "normal")  # fmt: skip
+                  fontweight="bold" if k < n_head else "normal")  # fmt: skip
     fig.savefig(path)
     plt.close(fig)
 
@@ -185,6 +238,7 @@ def _markdown(
     metrics: Mapping[str, Any],
     ground: Sequence[Mapping[str, Any]],
     qa: Sequence[Mapping[str, Any]],
+    instances: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     g, q, ing = metrics["grounding"], metrics["spatial_qa"], metrics["ingest"]
     lat, mem, run = metrics["latency_ms"], metrics["memory"], metrics.get("run", {})
@@ -215,17 +269,39 @@ def _markdown(
         f"| memory voxels | {mem['voxels']} |",
         f"| node peak RSS (MB) | {_fmt(mem['peak_rss_mb'], '{:.0f}')} |",
         "",
+        "## Grounding by expression kind",
+        "",
+        "| kind | n | Acc@0.25 | Acc@0.5 | median IoU |",
+        "|---|---|---|---|---|",
+        *(f"| {k} | {v['n']} | {_fmt(v['acc_at_0_25'])} | {_fmt(v['acc_at_0_5'])} | "
+          f"{_fmt(v['median_iou'])} |" for k, v in g.get("by_kind", {}).items()),
+        "",
+        "## Spatial QA by question type",
+        "",
+        "Yes/no and either/or questions have a 50 % coin-flip floor; the chance floor is "
+        f"the accuracy a coin flip would get on this mix: {_fmt(q.get('chance_floor'))}.",
+        "",
+        "| type | n | accuracy | coin flip |",
+        "|---|---|---|---|",
+        *(f"| {k} | {v['n']} | {_fmt(v['accuracy'])} | "
+          f"{'0.5' if k in ('yes_no', 'either_or') else '0'} |"
+          for k, v in q.get("by_type", {}).items()),
+        "",
+        *_objects_markdown(metrics.get("objects"), instances),
         "## Grounding",
         "",
-        "| # | query | target | error | top box centre | IoU | IoU (oriented) | @0.25 | @0.5 "
-        "| ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | query | kind | target | error | top box centre | instance | IoU | IoU (oriented) "
+        "| @0.25 | @0.5 | ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for i, r in enumerate(ground, 1):
         c = r["boxes"][0]["center"] if r["boxes"] else None
         centre = "—" if c is None else "(" + ", ".join(f"{v:.2f}" for v in c) + ")"
+        inst = (f"#{r['instance_id']} {r.get('instance_label', '')}".strip()
+                if r.get("instance_id") else "—")  # fmt: skip
         rows.append(
-            f"| Q{i} | {r['query']} | {r['target']} | {r['error']} | {centre} | {r['iou']:.3f} | "
+            f"| Q{i} | {r['query']} | {r.get('kind') or '—'} | {r['target']} | {r['error']} | "
+            f"{centre} | {inst} | {r['iou']:.3f} | "
             f"{r['iou_oriented']:.3f} | {'hit' if r['hit_at_0_25'] else 'miss'} | "
             f"{'hit' if r['hit_at_0_5'] else 'miss'} | {r['latency_ms']:.0f} |"
         )
@@ -237,3 +313,45 @@ def _markdown(
         rows.append(f"| {r['question']} | {answer} | {r['expected']} | {r['error']} | "
                     f"{'yes' if r['correct'] else 'no'} | {r['latency_ms']:.0f} |")  # fmt: skip
     return "\n".join(rows) + "\n"
+
+
+def _objects_markdown(
+    o: Mapping[str, Any] | None, instances: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The object-instance metrics and the node's final object list."""
+    rows = ["## Object instances", ""]
+    if not o or o.get("n_pred_objects") is None:
+        return [*rows, "The node published no object list (object layer off).", ""]
+    rows += [
+        "Against the visible ground-truth objects of `scene.json`, ScanRefer IoU "
+        "(see `metrics.py`).",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| objects / furniture segmented | {o['n_pred_objects']} / {o['n_pred_furniture']} |",
+        f"| objects / furniture visible (ground truth) | {o['n_gt_objects']} / "
+        f"{o['n_gt_furniture']} |",
+        f"| object recall@0.25 / @0.5 | {_fmt(o['object_recall_at_0_25'])} / "
+        f"{_fmt(o['object_recall_at_0_5'])} |",
+        f"| furniture recall@0.25 / @0.5 | {_fmt(o['furniture_recall_at_0_25'])} / "
+        f"{_fmt(o['furniture_recall_at_0_5'])} |",
+        f"| object precision@0.25 | {_fmt(o['object_precision_at_0_25'])} |",
+        f"| object AP@0.25 / @0.5 | {_fmt(o['object_ap_at_0_25'])} / "
+        f"{_fmt(o['object_ap_at_0_5'])} |",
+        f"| label accuracy (matched at 0.25) | {_fmt(o['label_accuracy'])} |",
+        f"| segmentation updates (last took s) | {o['update_count']} "
+        f"({_fmt(o['update_time_s'])}) |",
+        f"| list includes the last keyframe | {o.get('includes_last_keyframe')} |",
+        "",
+        "| id | role | label | score | colour | centre | size | yaw | on | points |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i in instances:
+        centre = "(" + ", ".join(f"{v:.2f}" for v in i["center"]) + ")"
+        size = "(" + ", ".join(f"{v:.2f}" for v in i["size"]) + ")"
+        rows.append(
+            f"| #{i['id']} | {i['role']} | {i['label']} | {i['label_score']:.2f} | "
+            f"{i['color']} | {centre} | {size} | {i['yaw']:.2f} | "
+            f"{'#' + str(i['support_id']) if i['support_id'] else '—'} | {i['num_points']} |"
+        )
+    return [*rows, ""]

@@ -10,7 +10,8 @@ and tested without DDS:
 - ``queries``: the ground/ask/describe action servers, admission and the goal runner;
 - ``memory_services``: save/load/clear;
 - ``telemetry``: locked counters -> ``~/memory_stats`` and ``/diagnostics``;
-- ``visualisation``: markers and the memory cloud.
+- ``visualisation``: markers and the memory cloud;
+- ``objects``: the object list (``~/objects``) and its markers.
 
 Lifecycle: configure loads the models and creates the servers; activate subscribes and
 starts ingest; deactivate stops ingest (queries then answer NOT_ACTIVE); cleanup frees the
@@ -26,13 +27,14 @@ when a bag's /clock pauses.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from llava3d_interfaces.msg import MemoryStats
+from llava3d_interfaces.msg import MemoryStats, ObjectList
 from rcl_interfaces.msg import (
     FloatingPointRange,
     IntegerRange,
@@ -47,13 +49,16 @@ from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderError
+from llava3d_ros.core.snapshots import SnapshotDirectory
 from llava3d_ros.ros import params as P
 from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
 from llava3d_ros.ros.memory_services import MemoryServices
+from llava3d_ros.ros.objects import object_list_msg, object_markers
 from llava3d_ros.ros.queries import QueryServer
 from llava3d_ros.ros.sensors import SensorHub
 from llava3d_ros.ros.sync import RgbdSynchronizer
@@ -94,6 +99,9 @@ class Llava3DNode(LifecycleNode):
         self._visualiser: Visualiser | None = None
         self._stats_pub: Any = None
         self._diag_pub: Any = None
+        self._objects_pub: Any = None
+        self._object_markers_pub: Any = None
+        self._autosave_timer: Any = None
         self._ingest_timers: list[Any] = []
         self.sensors = SensorHub(self, f"{node_name}_sensors")
         self._query_group = ReentrantCallbackGroup()
@@ -107,10 +115,13 @@ class Llava3DNode(LifecycleNode):
             self._autostart_timer = self.create_timer(0.0, self._autostart)
 
     def destroy_node(self) -> None:
-        if self._ingest is not None:
-            self._ingest.stop()
+        self._stop_ingest()
+        self._teardown()
         self.sensors.destroy()
         super().destroy_node()
+        # Free the models and maps now, not at interpreter exit: open3d checks at exit
+        # that its device memory was released and exits with status 1 when it was not.
+        gc.collect()
 
     # ------------------------------------------------------------------ parameters
 
@@ -207,6 +218,10 @@ class Llava3DNode(LifecycleNode):
         inputs = settings.inputs
         self._stats_pub = self.create_lifecycle_publisher(MemoryStats, "~/memory_stats", 10)
         self._diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._objects_pub = self.create_lifecycle_publisher(ObjectList, "~/objects", 2)
+        self._object_markers_pub = self.create_lifecycle_publisher(
+            MarkerArray, "~/object_markers", 2
+        )
         self._visualiser = Visualiser(self, settings.outputs.cloud_max_points)
         self._tf = TfSource(self.sensors.node, cache_s=settings.tf.cache_s)
         visualiser = self._visualiser
@@ -214,14 +229,38 @@ class Llava3DNode(LifecycleNode):
             self, pipe, self.telemetry, self._tf,
             map_frame=inputs.map_frame, robot_frame=inputs.robot_frame,
             max_concurrent=settings.admission.max_concurrent,
+            goal_queue_depth=settings.admission.goal_queue_depth,
             callback_group=self._query_group, is_active=lambda: self._active,
             on_grounded=visualiser.publish_grounding,
         )  # fmt: skip
         self._memory_services = MemoryServices(
-            self, pipe, settings.outputs.snapshot_path, self._io_group
+            self, pipe, SnapshotDirectory(settings.snapshot.dir or None), self._io_group
         )
+        self._load_on_configure(settings.snapshot.load_on_configure)
+        self._autosave_timer = None
+        if settings.snapshot.autosave_period_s > 0:
+            self._autosave_timer = self.create_timer(
+                settings.snapshot.autosave_period_s, self._autosave, self._io_group, self._steady
+            )
         self._configured = True
         return TransitionCallbackReturn.SUCCESS
+
+    def _load_on_configure(self, name: str) -> None:
+        if not name or self._memory_services is None:
+            return
+        services = self._memory_services
+        try:
+            voxels = services.load_named(name)
+        except Exception as exc:  # a missing autosave is normal on the first start
+            self.get_logger().warning(f"snapshot {name!r} not loaded, starting empty: {exc}")
+            return
+        self.get_logger().info(
+            f"loaded snapshot {name!r} from {services.directory.root}: {voxels} voxels"
+        )
+
+    def _autosave(self) -> None:
+        if self._active and self._memory_services is not None:
+            self._memory_services.autosave()
 
     def _load_lmm(self, settings: P.NodeSettings, config: pl.PipelineConfig) -> Any:
         lmm = settings.lmm
@@ -251,20 +290,26 @@ class Llava3DNode(LifecycleNode):
         sync: RgbdSynchronizer[Any, Any, Any] = RgbdSynchronizer(
             slop_ns=int(s.sync.slop_s * 1e9), queue_size=s.sync.queue_size
         )
+        clock = self.get_clock()  # follows /clock under use_sim_time (reads 0 before it)
         self._ingest = IngestWorker(
             self.pipeline, self._tf, sync, self.telemetry,
             IngestConfig(
                 map_frame=s.inputs.map_frame, robot_frame=s.inputs.robot_frame,
                 camera_frame=s.inputs.camera_frame, tf_timeout_s=s.tf.timeout_s,
                 period_s=s.ingest.period_s, backlog=2 * s.sync.queue_size,
+                max_clock_skew_s=s.sync.max_clock_skew_s,
+                max_stamp_age_s=s.sync.max_stamp_age_s,
+                max_translation_m=s.tf.max_translation_m,
             ),
             self.get_logger(),
+            now_ns=lambda: clock.now().nanoseconds,
         )  # fmt: skip
         ingest = self._ingest
         self.sensors.subscribe(Image, s.inputs.color_topic, ingest.on_color, qos)
         self.sensors.subscribe(Image, s.inputs.depth_topic, ingest.on_depth, qos)
         self.sensors.subscribe(CameraInfo, s.inputs.camera_info_topic, ingest.on_camera_info, qos)
         ingest.start()
+        self.pipeline.start()
         out = s.outputs
         self._ingest_timers = [
             self.create_timer(out.stats_period_s, self._publish_stats, self._io_group, self._steady)
@@ -273,6 +318,12 @@ class Llava3DNode(LifecycleNode):
             self._ingest_timers.append(
                 self.create_timer(
                     out.cloud_period_s, self._publish_cloud, self._cloud_group, self._steady
+                )
+            )
+        if out.objects_period_s > 0 and self.pipeline.objects is not None:
+            self._ingest_timers.append(
+                self.create_timer(
+                    out.objects_period_s, self._publish_objects, self._cloud_group, self._steady
                 )
             )
         self._active = True
@@ -307,16 +358,21 @@ class Llava3DNode(LifecycleNode):
         if self._ingest is not None:
             self._ingest.stop()
             self._ingest = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
 
     def _teardown(self) -> None:
+        if self._autosave_timer is not None:
+            self.destroy_timer(self._autosave_timer)
+            self._autosave_timer = None
         for part in (self._queries, self._memory_services, self._visualiser, self._tf):
             if part is not None:
                 part.destroy()
-        for pub in (self._stats_pub, self._diag_pub):
+        for pub in (self._stats_pub, self._diag_pub, self._objects_pub, self._object_markers_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
         self._queries = self._memory_services = self._visualiser = self._tf = None
-        self._stats_pub = self._diag_pub = None
+        self._stats_pub = self._diag_pub = self._objects_pub = self._object_markers_pub = None
         self.pipeline, self.settings = None, None
         self._configured = False
 
@@ -330,7 +386,13 @@ class Llava3DNode(LifecycleNode):
         map_frame = settings.inputs.map_frame if settings else ""
         memory = pipe.memory if pipe is not None else None
         encoder = str(pipe.config.encoder.get("backend", "")) if pipe is not None else ""
-        return memory_stats_msg(self._header(map_frame), self.telemetry.snapshot(), memory, encoder)
+        counts = (0, 0)
+        if pipe is not None and pipe.objects is not None:
+            o = pipe.objects.stats()
+            counts = (int(o["objects"]), int(o["furniture"]))
+        return memory_stats_msg(
+            self._header(map_frame), self.telemetry.snapshot(), memory, encoder, counts
+        )
 
     def _publish_stats(self) -> None:
         if self._stats_pub is None or self._diag_pub is None:
@@ -338,12 +400,39 @@ class Llava3DNode(LifecycleNode):
         stats = self.stats_msg()
         self._stats_pub.publish(stats)
         pending = self._ingest.pending_tf_frames if self._ingest is not None else 0
+        extra: dict[str, str] = {}
+        objects = self.pipeline.objects if self.pipeline is not None else None
+        if objects is not None:
+            o = objects.stats()
+            extra = {
+                "objects": str(o["objects"]),
+                "furniture": str(o["furniture"]),
+                "object_updates": str(o["updates"]),
+                "object_update_p50_ms": f"{o['update_p50_ms']:.1f}",
+                "object_update_errors": str(objects.errors),
+                "tsdf_blocks": str(o["tsdf_blocks"]),
+            }
         self._diag_pub.publish(
             diagnostics_msg(
                 self._header(""), self.telemetry.snapshot(), self._active,
-                int(stats.num_voxels), pending,
+                int(stats.num_voxels), pending, extra,
             )
         )  # fmt: skip
+
+    def _publish_objects(self) -> None:
+        pipe, settings = self.pipeline, self.settings
+        if pipe is None or pipe.objects is None or settings is None or self._objects_pub is None:
+            return
+        objects = pipe.objects
+        if objects.errors and objects.last_error:
+            self.get_logger().error(
+                f"object layer update failed ({objects.errors} so far): {objects.last_error}",
+                throttle_duration_sec=10.0,
+            )
+        snap = objects.snapshot()
+        header = self._header(settings.inputs.map_frame)
+        self._objects_pub.publish(object_list_msg(header, snap))
+        self._object_markers_pub.publish(object_markers(header, snap))
 
     def _publish_cloud(self) -> None:
         pipe, vis, settings = self.pipeline, self._visualiser, self.settings

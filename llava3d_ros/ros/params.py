@@ -61,6 +61,20 @@ class InputSettings:
 class SyncSettings:
     slop_s: float = option(0.02, "max |colour stamp - depth stamp| for a pair", 0.0, 1.0)
     queue_size: int = option(30, "bounded per-stream queue; overflow is counted as a drop", 1, 1000)
+    max_clock_skew_s: float = option(
+        5.0,
+        "drop images stamped further than this ahead of the node clock as "
+        "stamp_out_of_range (0 = off; skipped while a sim-time clock reads 0)",
+        0.0,
+        86400.0,
+    )
+    max_stamp_age_s: float = option(
+        0.0,
+        "drop images stamped further than this behind the node clock as "
+        "stamp_out_of_range (0 = off: bags replayed without use_sim_time stay usable)",
+        0.0,
+        1e9,
+    )
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,9 @@ class TfSettings:
     )
     cache_s: float = option(
         30.0, "history kept by the fallback TF buffer (when tf2_ros is absent)", 1.0, 600.0
+    )
+    max_translation_m: float = option(
+        1e5, "camera poses further than this from the map origin are dropped (bad_pose)", 1.0, 1e9
     )
 
 
@@ -91,19 +108,43 @@ class AdmissionSettings:
     """``query.*`` parameters of the node (the pipeline's are in ``QueryConfig``)."""
 
     max_concurrent: int = option(4, "queries executing at once; further goals are rejected", 1, 64)
+    goal_queue_depth: int = option(
+        100,
+        "history depth of the actions' goal, result and cancel services (rclpy's default "
+        "10 lost requests of a burst: they got neither accept nor reject)",
+        1,
+        10000,
+    )
 
 
 @dataclass(frozen=True)
 class OutputSettings:
     stats_period_s: float = option(1.0, "period of ~/memory_stats and /diagnostics", 0.05, 60.0)
     cloud_period_s: float = option(2.0, "period of ~/memory_cloud (0 = off)", 0.0, 600.0)
+    objects_period_s: float = option(
+        1.0, "period of ~/objects and ~/object_markers (0 = off)", 0.0, 600.0
+    )
     cloud_max_points: int = option(
         50_000, "voxels per ~/memory_cloud message (subsampled beyond)", 1, 10_000_000
     )
-    snapshot_path: str = option(
-        "",
-        "default file for save/load services (empty = ROS_HOME/llava3d/memory.safetensors)",
-    )
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """``snapshot.*``: where snapshots live and when the node writes and reads them."""
+
+    dir: str = option(
+        "", "the only directory snapshots are read from and written to "
+        "(empty = $ROS_HOME/llava3d/snapshots, ROS_HOME defaulting to ~/.ros)",
+    )  # fmt: skip
+    autosave_period_s: float = option(
+        0.0, "save the memory as snapshot 'autosave' this often while active (0 = off)",
+        0.0, 86_400.0,
+    )  # fmt: skip
+    load_on_configure: str = option(
+        "", "snapshot name to load when configuring, e.g. 'autosave' (empty = start empty; "
+        "a missing or unloadable snapshot is logged and the node starts empty)",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,6 +184,7 @@ class NodeSettings:
     ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
     admission: AdmissionSettings = dataclasses.field(default_factory=AdmissionSettings)
     outputs: OutputSettings = dataclasses.field(default_factory=OutputSettings)
+    snapshot: SnapshotSettings = dataclasses.field(default_factory=SnapshotSettings)
     encoder: EncoderChoice = dataclasses.field(default_factory=EncoderChoice)
     lmm: LmmLoading = dataclasses.field(default_factory=LmmLoading)
 
@@ -155,6 +197,7 @@ NODE_SECTIONS: tuple[tuple[str, str, type], ...] = (
     ("ingest.", "ingest", IngestSettings),
     ("query.", "admission", AdmissionSettings),
     ("", "outputs", OutputSettings),
+    ("snapshot.", "snapshot", SnapshotSettings),
     ("encoder.", "encoder", EncoderChoice),
     ("lmm.", "lmm", LmmLoading),
 )
@@ -191,7 +234,8 @@ def _build_table() -> tuple[ParamSpec, ...]:
             specs += _specs("query.", AdmissionSettings)
         if section == "lmm":
             specs += _specs("lmm.", LmmLoading)
-    specs += _specs("", OutputSettings) + _specs("encoder.", EncoderChoice)
+    specs += _specs("", OutputSettings) + _specs("snapshot.", SnapshotSettings)
+    specs += _specs("encoder.", EncoderChoice)
     names = [s.name for s in specs]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

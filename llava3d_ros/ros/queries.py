@@ -1,4 +1,5 @@
-"""Query execution: the ``~/ground``, ``~/ask`` and ``~/describe`` action servers.
+"""Query execution: the ``~/ground``, ``~/segment``, ``~/ask`` and ``~/describe`` action
+servers.
 
 Admission (llama_ros' rule): at most ``max_concurrent`` goals run at once; a goal beyond
 that is rejected at once rather than queued behind a language model.
@@ -25,10 +26,11 @@ from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Pose, Vector3
-from llava3d_interfaces.action import Ask, Describe, Ground
+from llava3d_interfaces.action import Ask, Describe, Ground, Segment
 from llava3d_interfaces.msg import GroundedObject
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.duration import Duration
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_services_default
 from std_msgs.msg import Header
 
 from llava3d_ros.core import pipeline as pl
@@ -36,6 +38,7 @@ from llava3d_ros.core.geometry import transform_points
 from llava3d_ros.core.questions import parse_question
 from llava3d_ros.core.spatial import Box3D, Viewpoint
 from llava3d_ros.ros.conversions import fill_box_pose
+from llava3d_ros.ros.objects import instance_cloud
 from llava3d_ros.ros.telemetry import Telemetry
 from llava3d_ros.ros.tf_buffer import TransformUnavailableError
 
@@ -96,6 +99,9 @@ def validate_ground(goal: Any, pipe: pl.ScenePipeline) -> str | None:
     return None
 
 
+validate_segment = validate_ground
+
+
 def validate_ask(goal: Any, pipe: pl.ScenePipeline) -> str | None:
     mode = goal.mode or "auto"
     if mode not in ("auto", "geometry", "lmm"):
@@ -131,6 +137,7 @@ class QueryServer:
         robot_frame: str,
         max_concurrent: int,
         callback_group: Any,
+        goal_queue_depth: int = 100,
         is_active: Callable[[], bool],
         on_grounded: Callable[[Header, list[Box3D], str], None] | None = None,
     ) -> None:
@@ -145,6 +152,15 @@ class QueryServer:
         self._on_grounded = on_grounded
         self._logger = node.get_logger()
 
+        # rclpy's default service QoS keeps 10 requests: of 20 simultaneous goals 4-10
+        # got neither accept nor reject. Same reliability, deeper history.
+        services_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=goal_queue_depth,
+            reliability=qos_profile_services_default.reliability,
+            durability=qos_profile_services_default.durability,
+        )
+
         def server(action: Any, kind: str, body: Any, validate: Any) -> ActionServer:
             # "~/ground": relative to the node, so namespaced nodes do not collide.
             return ActionServer(
@@ -153,10 +169,14 @@ class QueryServer:
                 goal_callback=self._admit,
                 cancel_callback=lambda _g: CancelResponse.ACCEPT,
                 callback_group=callback_group,
+                goal_service_qos_profile=services_qos,
+                result_service_qos_profile=services_qos,
+                cancel_service_qos_profile=services_qos,
             )  # fmt: skip
 
         self._servers = [
             server(Ground, "ground", self._ground, validate_ground),
+            server(Segment, "segment", self._segment, validate_segment),
             server(Ask, "ask", self._ask, validate_ask),
             server(Describe, "describe", self._describe, validate_describe),
         ]
@@ -237,12 +257,16 @@ class QueryServer:
             return None
 
     @staticmethod
-    def to_msgs(boxes: list[Box3D], t_target_map: np.ndarray | None) -> list[GroundedObject]:
+    def to_msgs(
+        boxes: list[Box3D], t_target_map: np.ndarray | None, instance_ids: list[int] | None = None
+    ) -> list[GroundedObject]:
+        ids = instance_ids if instance_ids is not None else [0] * len(boxes)
         out = []
-        for box in boxes:
+        for box, instance_id in zip(boxes, ids, strict=False):
             obj = GroundedObject(
-                label=box.label, score=float(box.score), num_voxels=int(box.num_voxels)
-            )
+                label=box.label, score=float(box.score), num_voxels=int(box.num_voxels),
+                instance_id=int(instance_id),
+            )  # fmt: skip
             obj.center = fill_box_pose(Pose(), box, t_target_map)
             obj.size = Vector3(x=float(box.size[0]), y=float(box.size[1]), z=float(box.size[2]))
             out.append(obj)
@@ -263,12 +287,38 @@ class QueryServer:
         outcome = self.pipeline.ground(
             goal.query, int(goal.max_results), float(goal.min_score),
             cancel=lambda: goal_handle.is_cancel_requested, on_stage=stage,
+            viewpoint=self._viewpoint(),
         )  # fmt: skip
         result.header = self._header(frame_id)
         result.memory_voxels = outcome.memory_voxels
-        result.objects = self.to_msgs(outcome.boxes, t_target_map)
+        result.objects = self.to_msgs(outcome.boxes, t_target_map, outcome.instance_ids)
         if self._on_grounded is not None and outcome.code in (pl.OK, pl.NO_MATCH):
             self._on_grounded(self._header(self.map_frame), outcome.boxes, goal.query)
+        stage("done", 1.0)
+        return ERROR_NAMES[outcome.code], outcome.message
+
+    # ------------------------------------------------------------------ segment
+
+    def _segment(self, goal_handle: Any, result: Any) -> Outcome:
+        goal = goal_handle.request
+
+        def stage(name: str, progress: float) -> None:
+            goal_handle.publish_feedback(Segment.Feedback(stage=name, progress=progress))
+
+        try:
+            frame_id, t_target_map = self._results_frame(goal.target_frame)
+        except TransformUnavailableError as exc:
+            return "TRANSFORM_FAILED", str(exc)
+        stage("scoring", 0.2)
+        outcome = self.pipeline.segment(
+            goal.query, int(goal.max_results), float(goal.min_score), self._viewpoint()
+        )
+        result.header = self._header(frame_id)
+        result.objects = self.to_msgs(outcome.boxes, t_target_map, outcome.instance_ids)
+        stage("extracting", 0.7)
+        result.points = [
+            instance_cloud(result.header, m.instance, t_target_map) for m in outcome.matches
+        ]
         stage("done", 1.0)
         return ERROR_NAMES[outcome.code], outcome.message
 
@@ -283,12 +333,15 @@ class QueryServer:
             return "TRANSFORM_FAILED", str(exc)
         result.header = self._header(frame_id)
         parsed = parse_question(goal.question) if mode != "lmm" else None
+        if parsed is not None and not self.pipeline.can_answer(parsed):
+            parsed = None  # an object-list question without the object layer: open question
         if parsed is None:
             if mode == "geometry":
                 return (
                     "UNSUPPORTED_QUESTION",
                     "not a spatial question (where, left/right, front/behind, above/below, "
-                    "on, next to, between, how far, which is bigger, how big, how many)",
+                    "on, next to, between, how far, which is bigger, how big, how many, what "
+                    "is on, what colour, list the objects)",
                 )
             return self._ask_lmm(goal_handle, goal, result, t_target_map)
         goal_handle.publish_feedback(Ask.Feedback(stage="grounding", partial_answer=""))

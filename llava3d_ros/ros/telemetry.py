@@ -136,10 +136,12 @@ def memory_stats_msg(
     snap: TelemetrySnapshot,
     memory: object | None,
     encoder: str,
+    objects: tuple[int, int] = (0, 0),
 ) -> MemoryStats:
     """``~/memory_stats`` from a telemetry snapshot and the pipeline's memory (or None
-    before configure)."""
+    before configure); ``objects``: (objects, furniture) in the latest segmentation."""
     msg = MemoryStats(header=header)
+    msg.num_objects, msg.num_furniture = (int(v) for v in objects)
     msg.frames_received = int(snap.counters.get("color_received", 0))
     msg.drop_reasons = list(snap.drops)
     msg.drop_counts = [int(v) for v in snap.drops.values()]
@@ -153,6 +155,12 @@ def memory_stats_msg(
     msg.memory_bytes = int(st.memory_bytes)
     msg.keyframes_integrated = int(st.frames_integrated)
     msg.voxels_evicted = int(st.voxels_evicted)
+    if st.newest_stamp is not None:
+        sec = int(st.newest_stamp // 1)
+        msg.last_keyframe_stamp.sec = sec
+        msg.last_keyframe_stamp.nanosec = min(
+            round((st.newest_stamp - sec) * 1e9), 999_999_999
+        )
     bounds = memory.bounds()  # type: ignore[attr-defined]
     if bounds is not None:
         lo, hi = (b.cpu().numpy().astype(float) for b in bounds)
@@ -167,6 +175,7 @@ def diagnostics_msg(
     active: bool,
     memory_voxels: int,
     pending_tf_frames: int,
+    extra: Mapping[str, str] | None = None,
 ) -> DiagnosticArray:
     """One ``llava3d: memory`` status: rates, drops, latencies and the memory size."""
 
@@ -185,6 +194,7 @@ def diagnostics_msg(
         "memory_voxels": str(memory_voxels),
         "pending_tf_frames": str(pending_tf_frames),
         **snap.extra,
+        **(extra or {}),
     }
     status = DiagnosticStatus(name="llava3d: memory", hardware_id="llava3d")
     status.values = [KeyValue(key=k, value=v) for k, v in values.items()]

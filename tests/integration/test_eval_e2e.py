@@ -1,7 +1,9 @@
 """``llava3d-ros eval`` end to end on a short bag: the real node in its own process with
 use_sim_time, the bag replayed with /clock, goals from a separate client, and every
 score in metrics.json recomputed here independently from the raw answers in
-results.json - including planted wrong targets and answers that must score as misses.
+results.json - including planted wrong targets and answers that must score as misses -
+and the node's object list (waited for until it includes the last keyframe) scored
+against the scene's boxes.
 
 The node grounds with the project's default head when it is installed; otherwise with
 a randomly initialised head in the same file format (passed with ``--params``), so the
@@ -145,6 +147,45 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     if right["hit_at_0_5"] or not right["boxes"]:
         assert not wrong["hit_at_0_25"] and wrong["iou"] < 0.25
     assert metrics["run"]["head_path"]  # grounding ran (default or random head)
+    # By kind: the queries file has no kinds; they come from scene.json (all "name").
+    by_kind = g["by_kind"]
+    assert set(by_kind) == {"name", "attribute", "spatial"}
+    assert by_kind["name"]["n"] == 4 and by_kind["name"]["acc_at_0_25"] == g["acc_at_0_25"]
+    assert by_kind["spatial"] == {"n": 0, "acc_at_0_25": None, "acc_at_0_5": None,
+                                  "median_iou": None}  # fmt: skip
+
+    # Object instances: the final list in results.json; recall and precision at 0.25
+    # recomputed here from it with the independent IoU.
+    insts = results["objects"]
+    ids = {o["id"] for o in insts}
+    for r in ground:  # a top box on an instance names one of the list
+        if r["instance_id"]:
+            assert r["instance_id"] in ids and r["instance_label"], r
+    om = metrics["objects"]
+    assert set(om) >= {
+        "n_gt_objects", "n_gt_furniture", "n_pred_objects", "n_pred_furniture",
+        "object_recall_at_0_25", "object_recall_at_0_5", "furniture_recall_at_0_25",
+        "furniture_recall_at_0_5", "object_precision_at_0_25", "object_ap_at_0_25",
+        "object_ap_at_0_5", "label_accuracy", "update_time_s", "update_count",
+    }  # fmt: skip
+    assert om["includes_last_keyframe"] is True  # the evaluator waited for the layer
+    assert om["n_pred_objects"] >= 1 and om["update_count"] >= 1
+    assert om["n_pred_objects"] == sum(o["role"] == "object" for o in insts)
+    assert om["n_pred_furniture"] == len(insts) - om["n_pred_objects"]
+    visible = [o for o in scene["objects"] if o["visible"]]
+    gt_obj = [o for o in visible if o["role"] == "object"]
+    assert om["n_gt_objects"] == len(gt_obj) >= 1
+    found = [any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for p in insts)
+             for o in gt_obj]  # fmt: skip
+    assert om["object_recall_at_0_25"] == pytest.approx(np.mean(found), abs=1e-3)
+    pred_obj = [p for p in insts if p["role"] == "object"]
+    precise = [any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for o in visible)
+               for p in pred_obj]  # fmt: skip
+    assert om["object_precision_at_0_25"] == pytest.approx(np.mean(precise), abs=1e-3)
+    for k in ("object_recall_at_0_5", "furniture_recall_at_0_25", "object_ap_at_0_25",
+              "object_ap_at_0_5"):  # fmt: skip
+        assert om[k] is not None and 0.0 <= om[k] <= 1.0, (k, om[k])
+    assert om["object_ap_at_0_5"] <= om["object_ap_at_0_25"]
 
     # Spatial QA: scored independently (first word for yes/no, first integer for counts).
     qa = results["spatial_qa"]
@@ -164,9 +205,20 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
         assert qa[true_i]["answer"] == qa[planted_i]["answer"]  # same memory, same answer
     yes_no_planted = qa[planted["qa_twins"][0][1]]
     if yes_no_planted["error"] == "NONE" and yes_no_planted["answer"][:2] in ("Ye", "No"):
-        assert qa[planted["qa_twins"][0][0]]["correct"] is True  # exactly one twin is right
-    assert metrics["spatial_qa"] == {"n": 4, "accuracy": pytest.approx(
-        np.mean([q["correct"] for q in qa]), abs=1e-3)}  # fmt: skip
+        # The twins expect opposite answers to one question: exactly one is right,
+        # whichever the node's answer is.
+        true_i, planted_i = planted["qa_twins"][0]
+        assert qa[true_i]["correct"] is not qa[planted_i]["correct"]
+    sq = metrics["spatial_qa"]
+    assert sq["n"] == 4
+    assert sq["accuracy"] == pytest.approx(np.mean([q["correct"] for q in qa]), abs=1e-3)
+    # By answer form: two yes/no (coin flip 0.5 each), two counts (0): floor 0.25.
+    assert set(sq["by_type"]) == {"yes_no", "either_or", "distance", "count", "other"}
+    assert sq["by_type"]["yes_no"]["n"] == 2 and sq["by_type"]["count"]["n"] == 2
+    assert sq["by_type"]["yes_no"]["accuracy"] == pytest.approx(
+        np.mean([q["correct"] for q in qa[:2]]), abs=1e-3)  # fmt: skip
+    assert sq["by_type"]["either_or"] == {"n": 0, "accuracy": None}
+    assert sq["chance_floor"] == 0.25
 
     # Latency percentiles over the client round trips.
     lat = metrics["latency_ms"]
@@ -198,3 +250,4 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
         assert im.format == "PNG" and im.size[0] > 1000
     md = (out / "report.md").read_text()
     assert "Acc@0.25" in md and wrong["query"] in md
+    assert "Grounding by expression kind" in md and "Object instances" in md

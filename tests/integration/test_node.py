@@ -96,7 +96,9 @@ NO_HEAD = {"encoder.head_path": "none"}  # DINOv2 features only: grounding is of
 def test_ingest_real_frames_and_memory_services(
     client_side, start_process, tmp_path, real_frame
 ) -> None:  # type: ignore[no-untyped-def]
-    n = NodeUnderTest(client_side, start_process, tmp_path, **NO_HEAD)
+    snaps = tmp_path / "snapshots"
+    n = NodeUnderTest(client_side, start_process, tmp_path, **NO_HEAD,
+                      **{"snapshot.dir": str(snaps)})  # fmt: skip
     _feed(n, real_frame, 4)
     wait_until(lambda: n.latest().keyframes_integrated >= 4, 60.0, "4 keyframes")
     stats = n.latest()
@@ -134,23 +136,38 @@ def test_ingest_real_frames_and_memory_services(
     assert r.result.error_code == Describe.Result.NONE, r.result.error_msg
     assert "region" in r.result.caption and len(r.result.objects) == 1
 
-    # Save, clear, load back; a corrupt snapshot is refused and the memory kept.
-    snap = tmp_path / "mem.safetensors"
-    saved = n.service(SaveMemory, "/llava3d/save_memory", SaveMemory.Request(path=str(snap)))
-    assert saved.success and saved.num_voxels == stats.num_voxels and snap.stat().st_size > 0
+    # Save, clear, load back (named snapshots in snapshot.dir); a corrupt snapshot is
+    # refused and the memory kept.
+    saved = n.service(SaveMemory, "/llava3d/save_memory", SaveMemory.Request(name="mem"))
+    assert saved.success and saved.name == "mem.safetensors", saved.message
+    snap = snaps / "mem.safetensors"
+    assert saved.num_voxels == stats.num_voxels and snap.stat().st_size == saved.bytes
     cleared = n.service(ClearMemory, "/llava3d/clear_memory", ClearMemory.Request())
     assert cleared.success and cleared.cleared_voxels == stats.num_voxels
     r = n.send(n.describe, goal)
     assert r.result.error_code == Describe.Result.EMPTY_MEMORY
-    loaded = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(path=str(snap)))
+    loaded = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(name="mem"))
     assert loaded.success and loaded.num_voxels == stats.num_voxels
-    bad = tmp_path / "bad.safetensors"
     data = bytearray(snap.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    bad.write_bytes(bytes(data))
-    refused = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(path=str(bad)))
+    (snaps / "bad.safetensors").write_bytes(bytes(data))
+    refused = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(name="bad"))
     assert not refused.success and "memory unchanged" in refused.message
     assert refused.num_voxels == stats.num_voxels
+    # Names only: no path escapes the snapshot directory, nothing else is overwritten.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (snaps / "notes.safetensors").write_text("not a snapshot")
+    for name in ("../victim", str(victim), "a/b", ".hidden", "x" * 100, "notes"):
+        r = n.service(SaveMemory, "/llava3d/save_memory", SaveMemory.Request(name=name))
+        assert not r.success, name
+        r = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(name=name))
+        assert not r.success and r.num_voxels == stats.num_voxels, name
+    assert victim.read_text() == "keep me"
+    assert (snaps / "notes.safetensors").read_text() == "not a snapshot"
+    assert sorted(p.name for p in snaps.iterdir()) == [
+        "bad.safetensors", "mem.safetensors", "notes.safetensors"
+    ]  # fmt: skip
     assert n.proc.alive()
 
 

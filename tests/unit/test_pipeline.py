@@ -44,7 +44,7 @@ def test_keyframes_integrate_and_skip(bundle) -> None:  # type: ignore[no-untype
     rgb, depth = _frame()
     first = p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
     assert first.keyframe == "first" and first.patches == 16  # 4x4 tiny-CLIP grid
-    assert len(p.memory) > 0 and set(first.timings) == {"lift", "encode", "fuse"}
+    assert len(p.memory) > 0 and set(first.timings) == {"lift", "encode", "fuse", "objects"}
     assert p.process_frame(rgb, depth, K, _pose(0.01), 1.1).keyframe is None
     assert p.process_frame(rgb, depth, K, _pose(0.5), 1.2).keyframe == "moved"
     assert p.memory.stats().frames_integrated == 2
@@ -81,7 +81,8 @@ def test_query_codes(bundle) -> None:  # type: ignore[no-untyped-def]
     stages: list[str] = []
     out = p.ground("a red mug", on_stage=lambda s, _p: stages.append(s))
     assert out.code in (pl.OK, pl.NO_MATCH) and out.memory_voxels == len(p.memory)
-    assert stages[:2] == ["encoding_text", "scoring"]
+    # Objects first; this random tiny model matches no instance, so voxels are tried.
+    assert stages[0] == "ranking_objects" and stages[1:3] == ["encoding_text", "scoring"]
     assert p.ask_open("What is here?").code == pl.MODEL_UNAVAILABLE
 
 
@@ -109,8 +110,17 @@ def test_snapshot_round_trip_and_mismatch(bundle, tmp_path: Path) -> None:  # ty
     assert p.load(path) == n
     other = pl.VoxelPatchMemory({"vision": 7}, voxel_size=0.1)
     other.save(str(tmp_path / "o.safetensors"))
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(pl.SnapshotError, match="do not match"):
         p.load(str(tmp_path / "o.safetensors"))
+    # The node's configuration wins: another voxel size or more voxels than allowed is
+    # refused (a crafted header asking for 5e7 voxels allocates nothing).
+    coarse = pl.VoxelPatchMemory(p.memory.feature_dims, voxel_size=0.2, max_voxels=10)
+    coarse.save(str(tmp_path / "c.safetensors"))
+    with pytest.raises(pl.SnapshotError, match="voxel_size"):
+        p.load(str(tmp_path / "c.safetensors"))
+    small = _pipeline(bundle, max_voxels=5)
+    with pytest.raises(pl.SnapshotError, match="max_voxels"):
+        small.load(path)
     assert len(p.memory) == n  # unchanged
 
 

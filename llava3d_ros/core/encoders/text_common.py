@@ -28,8 +28,9 @@ def check_texts(texts: Sequence[str], max_chars: int = MAX_CHARS) -> list[str]:
         if not stripped:
             raise ValueError(f"text {i}: empty or blank query")
         if len(stripped) > max_chars:
-            logger.warning("text %d: %d characters, cut to %d before tokenising",
-                           i, len(stripped), max_chars)
+            logger.warning(
+                "text %d: %d characters, cut to %d before tokenising", i, len(stripped), max_chars
+            )
             stripped = stripped[:max_chars]
         out.append(stripped)
     if not out:

@@ -92,8 +92,11 @@ class MiniLMTextEncoder(TextEncoder):
 
     def count_tokens(self, text: str) -> int:
         """Tokens the model would see without truncation, [CLS] and [SEP] included."""
-        return len(self._model.tokenizer(text, add_special_tokens=True, truncation=False,
-                                         verbose=False)["input_ids"])
+        return len(
+            self._model.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)[
+                "input_ids"
+            ]
+        )
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         items = check_texts(texts)
@@ -102,8 +105,12 @@ class MiniLMTextEncoder(TextEncoder):
             if len(text) + 2 > self.max_tokens:
                 n = self.count_tokens(text)
                 if n > self.max_tokens:
-                    logger.warning("minilm: text %d has %d tokens; truncated to the first %d",
-                                   i, n, self.max_tokens)
+                    logger.warning(
+                        "minilm: text %d has %d tokens; truncated to the first %d",
+                        i,
+                        n,
+                        self.max_tokens,
+                    )
         # no_grad, not inference_mode: callers may update the result in place.
         with torch.no_grad():
             emb = self._model.encode(

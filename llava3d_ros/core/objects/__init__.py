@@ -1,0 +1,1 @@
+"""Scene geometry and objects: TSDF map, instance segmentation, persistent instance ids."""
