@@ -130,9 +130,38 @@ def run_room(pipe: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
         lat.append(time.perf_counter() - t)
         pred = out.boxes[0] if out.code == "ok" and out.boxes else None
         s = M.score_grounding(pred, target.box(), target.aabb_min, target.aabb_max)
+        top = out.matches[0] if getattr(out, "matches", None) else None
         ground.append({"query": g["query"], "kind": g["kind"], "iou": s["iou"],
                        "top": pred.label if pred else None,
+                       "top_score": top.score if top else None,
+                       "top_label_score": top.instance.label_score if top else None,
                        "cause": _cause(pipe, g["query"], target, viewpoint)})  # fmt: skip
+    # Objects that are not in the room: a grounding answer is a false positive.
+    from llava3d_ros.eval.assets import CATEGORIES
+
+    present = {o.category for o in objects}
+    rng = np.random.default_rng(int(doc["generator"]["seed"]))
+    absent_cats = [
+        c for c, info in CATEGORIES.items() if info.role == "object" and c not in present
+    ]
+    absent = []
+    for cat in rng.choice(absent_cats, size=min(5, len(absent_cats)), replace=False).tolist():
+        query = f"the {CATEGORIES[cat].names[0]}"
+        out = (
+            pipe.ground(query, viewpoint=viewpoint)
+            if _takes_viewpoint(pipe)
+            else (pipe.ground(query))
+        )
+        top = out.matches[0] if getattr(out, "matches", None) else None
+        absent.append(
+            {
+                "query": query,
+                "answered": out.code == "ok" and bool(out.boxes),
+                "top_score": top.score if top else None,
+                "top_label": top.instance.label if top else None,
+                "top_label_score": top.instance.label_score if top else None,
+            }
+        )
     for q in doc["questions"]:
         parsed = parse_question(q["question"])
         if parsed is None:
@@ -143,7 +172,7 @@ def run_room(pipe: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
         ok = M.answered({"ok": "NONE", "no_match": "NO_MATCH"}.get(code, code), q["answer"])
         qa.append({"question": q["question"], "kind": q["kind"], "expected": q["answer"],
                    "answer": text, "correct": M.score_answer(q["answer"], text, ok)})  # fmt: skip
-    return {"ground": ground, "qa": qa, "ground_s": lat, "ingest_s": ingest_s,
+    return {"ground": ground, "qa": qa, "absent": absent, "ground_s": lat, "ingest_s": ingest_s,
             "keyframes": pipe.memory.stats().frames_integrated}  # fmt: skip
 
 
@@ -212,6 +241,10 @@ def summarize(rooms: list[dict[str, Any]]) -> dict[str, Any]:
             "n": n,
             "accuracy": round(sum(r["correct"] for r in recs) / max(n, 1), 3),
         }
+    absent = [r for room in rooms for r in room.get("absent", [])]
+    out["absent_false_positive_rate"] = (
+        round(sum(r["answered"] for r in absent) / len(absent), 3) if absent else None
+    )
     lat = [x for room in rooms for x in room["ground_s"]]
     out["ground_p50_ms"] = round(1e3 * statistics.median(lat), 1) if lat else None
     return out
@@ -255,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         g, q = s["grounding"]["all"], s["qa"]["all"]
         print(f"seed {seed}: grounding n={g['n']} Acc@0.25 {g['acc_at_0_25']:.2f} "
               f"Acc@0.5 {g['acc_at_0_5']:.2f} | QA n={q['n']} {q['accuracy']:.2f} | "
+              f"absent answered {s['absent_false_positive_rate']} | "
               f"{room['keyframes']} keyframes, ingest {room['ingest_s']:.0f} s, "
               f"load {load_s:.0f} s", flush=True)  # fmt: skip
         if args.verbose:

@@ -444,8 +444,11 @@ class ScenePipeline:
         cancel: Callable[[], bool] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
         viewpoint: Viewpoint | None = None,
+        instance_min_score: float | None = None,
     ) -> GroundOutcome:
-        """Text -> 3D boxes. ``max_results``/``min_score`` <= 0 use the configured defaults.
+        """Text -> 3D boxes. ``max_results``/``min_score`` <= 0 use the configured defaults;
+        ``instance_min_score`` overrides the threshold for object instances only (questions
+        use a lower one: they presuppose their objects).
 
         With the object layer: the expression is parsed into target + relations + anchors
         and object instances are ranked (:mod:`llava3d_ros.core.objects.grounding`);
@@ -481,6 +484,8 @@ class ScenePipeline:
             snap = self.objects.snapshot()
             og = self.config.object_grounding
             threshold = min_score if min_score > 0 else og.min_score
+            if instance_min_score is not None:
+                threshold = instance_min_score
             matches = [
                 m
                 for m in rank_instances(expr, snap, self.vocabulary, viewpoint, og)
@@ -493,11 +498,30 @@ class ScenePipeline:
                 ids = [m.instance.id for m in matches]
                 stage("done", 1.0)
                 return GroundOutcome(OK, "", boxes, voxels, timings, None, ids, matches)
+            if len(snap) and self._names_an_object(expr.target.head or expr.target.text):
+                # The instances are the authority on objects the model knows: voxel
+                # relevancy would answer with the most similar blob (a false positive for
+                # an absent object); it stays for parts and phrases outside the labels.
+                return GroundOutcome(
+                    NO_MATCH,
+                    f"no object matches {query.strip()!r} (no instance scores "
+                    f">= {threshold:g})",
+                    [], voxels, timings,
+                )  # fmt: skip
         if cancel is not None and cancel():
             return GroundOutcome(CANCELED, "cancelled", [], voxels, timings)
         return self._ground_voxels(
             expr.target.text or query.strip(), max_results, min_score, cancel, stage, timings
         )
+
+    def _names_an_object(self, phrase: str) -> bool:
+        """Whether a phrase names a label class that is an object or furniture (not a
+        background class like "wall", not a part or an unknown word)."""
+        vocab = self.vocabulary
+        if vocab is None or not phrase:
+            return False
+        own = vocab.owned_classes(vocab.embed(phrase))
+        return bool((own & ~vocab.background).any())
 
     def _ground_voxels(
         self,
@@ -586,7 +610,7 @@ class ScenePipeline:
             snap = objects.snapshot()
             answer = answer_object_question(
                 parsed, snap,
-                lambda ph: self._instance_rows(ph, snap, viewpoint, og.min_score),
+                lambda ph: self._instance_rows(ph, snap, viewpoint, og.question_min_score),
                 viewpoint, og.oriented,
             )  # fmt: skip
             return (NO_MATCH, answer, answer.text) if answer.missing else (OK, answer, "")
@@ -600,7 +624,10 @@ class ScenePipeline:
                 rows = self._instance_rows(phrase, snap, viewpoint, og.count_min_score)
                 boxes[phrase] = [result_box_of(snap.instances[r], og.oriented) for r in rows]
                 continue
-            outcome = self.ground(phrase, cancel=cancel, viewpoint=viewpoint)
+            outcome = self.ground(
+                phrase, cancel=cancel, viewpoint=viewpoint,
+                instance_min_score=og.question_min_score,
+            )  # fmt: skip
             if outcome.code in (OK, NO_MATCH):
                 boxes[phrase] = outcome.boxes
             else:
