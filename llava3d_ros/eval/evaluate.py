@@ -713,10 +713,13 @@ def _wait_for_objects(
 
     def caught_up() -> bool:
         stats, msg = monitor.latest()[0], monitor.latest_objects()
+        # Caught up: the last keyframe segmented and its best-view crops encoded (what a
+        # running node reaches seconds after the robot stops).
         return (
             stats is not None
             and msg is not None
             and objects_include(_stamp_ns(msg.data_stamp), _stamp_ns(stats.last_keyframe_stamp))
+            and int(msg.pending_crops) == 0
         )
 
     try:
@@ -729,8 +732,9 @@ def _wait_for_objects(
             what = "no object list arrived on /llava3d/objects"
         else:
             what = (f"the newest object list (/llava3d/objects, update {msg.update_count}) "
-                    f"has data_stamp {_stamp_ns(msg.data_stamp) * 1e-9:.3f} s, older than "
-                    f"the last integrated keyframe ({last:.3f} s)")  # fmt: skip
+                    f"has data_stamp {_stamp_ns(msg.data_stamp) * 1e-9:.3f} s (last "
+                    f"integrated keyframe {last:.3f} s) and {msg.pending_crops} crops "
+                    "pending")  # fmt: skip
         print(f"warning: after {cfg.objects_timeout_s:.0f} s {what}; scoring the object list "
               f"as it is (see node.log)", file=sys.stderr, flush=True)  # fmt: skip
         return msg, False

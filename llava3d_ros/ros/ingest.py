@@ -8,6 +8,22 @@ is due while its callback group still runs (ros2/rclpy#1223), which a 20 ms drai
 around a 100-300 ms encoder call always is. The worker sleeps on an event the image
 callbacks set, or ``period_s`` to retry frames waiting for TF.
 
+Input checks before anything is queued (one badly stamped image once stopped ingest
+for good; see :mod:`llava3d_ros.ros.sync` for the queue rules):
+
+- ``zero_stamp``: an image stamped 0 (unset). The TF buffer reads stamp 0 as "latest"
+  and the keyframe policy sees time go backwards, so it would be placed at whatever
+  pose came last;
+- ``stamp_out_of_range``: an image stamped more than ``max_clock_skew_s`` ahead of the
+  node clock (or ``max_stamp_age_s`` behind it, when set). The clock is ``now_ns``, the
+  node's ROS clock (it follows /clock under use_sim_time); while it reads 0 (sim time
+  before the first /clock message) the check is skipped rather than dropping everything.
+
+And before a frame is integrated, its camera pose (``bad_pose``): finite, a proper
+rotation (orthonormal within :data:`ROTATION_TOLERANCE`, det +1), translation within
+``max_translation_m`` of the map origin. Before, a pose 1e9 m away counted as an
+integrated keyframe while the memory rejected every point.
+
 No rclpy here beyond message types, so the worker is unit-tested in-process: feed it
 messages, call :meth:`IngestWorker.drain` and look at the pipeline and the telemetry.
 """
@@ -45,6 +61,26 @@ class Logger(Protocol):
     def error(self, message: str, **kwargs: Any) -> Any: ...
 
 
+#: max |R^T R - I| of an acceptable camera rotation (TF interpolation gives ~1e-12).
+ROTATION_TOLERANCE = 1e-3
+
+
+def pose_problem(t: np.ndarray, max_translation_m: float) -> str | None:
+    """Why a camera pose (4x4) cannot place a frame, or None."""
+    m = np.asarray(t, dtype=np.float64)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        return "camera pose is not a finite 4x4 matrix"
+    rot = m[:3, :3]
+    if not np.allclose(rot.T @ rot, np.eye(3), atol=ROTATION_TOLERANCE, rtol=0.0) or not (
+        np.linalg.det(rot) > 0.0
+    ):
+        return f"camera rotation is not a proper rotation: {rot.round(4).tolist()}"
+    dist = float(np.linalg.norm(m[:3, 3]))
+    if dist > max_translation_m:
+        return f"camera is {dist:.3g} m from the map origin (limit {max_translation_m:g} m)"
+    return None
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     map_frame: str = "map"
@@ -53,6 +89,9 @@ class IngestConfig:
     tf_timeout_s: float = 0.5
     period_s: float = 0.02
     backlog: int = 60  # frames waiting for TF or the encoder; the oldest is dropped beyond
+    max_clock_skew_s: float = 5.0  # images stamped further ahead of now_ns (0 = off)
+    max_stamp_age_s: float = 0.0  # images stamped further behind now_ns (0 = off)
+    max_translation_m: float = 1e5  # camera poses further from the map origin: bad_pose
 
 
 class _PendingFrame:
@@ -75,7 +114,10 @@ class IngestWorker:
         config: IngestConfig,
         logger: Logger,
         clock: Callable[[], float] = time.monotonic,
+        now_ns: Callable[[], int] | None = None,
     ) -> None:
+        """``clock``: monotonic seconds for TF-wait timeouts; ``now_ns``: the node's ROS
+        clock for the stamp range check (None: no check)."""
         self.pipeline = pipeline
         self.tf = tf
         self.sync = sync
@@ -83,24 +125,57 @@ class IngestWorker:
         self.config = config
         self.logger = logger
         self._clock = clock
+        self._now_ns = now_ns
         self._pending: collections.deque[_PendingFrame] = collections.deque()
         self._pending_lock = threading.Lock()
         self._intrinsics_cache: tuple[Any, CameraIntrinsics] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._stopped = False
         self._wake = threading.Event()
 
     # ------------------------------------------------------------------ callbacks
 
     def on_color(self, msg: Any) -> None:
+        if self._stopped:  # a late message on a destroyed subscription
+            return
         self.telemetry.input_frame("color")
-        self.sync.add_color(stamp_to_ns(msg.header.stamp), msg)
-        self._wake.set()
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self._stamp_ok(stamp, "colour"):
+            self.sync.add_color(stamp, msg)
+            self._wake.set()
 
     def on_depth(self, msg: Any) -> None:
+        if self._stopped:
+            return
         self.telemetry.input_frame("depth")
-        self.sync.add_depth(stamp_to_ns(msg.header.stamp), msg)
-        self._wake.set()
+        stamp = stamp_to_ns(msg.header.stamp)
+        if self._stamp_ok(stamp, "depth"):
+            self.sync.add_depth(stamp, msg)
+            self._wake.set()
+
+    def _stamp_ok(self, stamp_ns: int, stream: str) -> bool:
+        """False (and the drop counted) for an image that must not reach the queues."""
+        if stamp_ns == 0:
+            self._drop("zero_stamp", f"{stream} image stamped 0 (header stamp not set)")
+            return False
+        if self._now_ns is None:
+            return True
+        ahead_s, behind_s = self.config.max_clock_skew_s, self.config.max_stamp_age_s
+        if ahead_s <= 0 and behind_s <= 0:
+            return True
+        now = self._now_ns()
+        if now <= 0:  # sim time before the first /clock message: nothing to compare with
+            return True
+        offset_s = (stamp_ns - now) * 1e-9
+        if (ahead_s > 0 and offset_s > ahead_s) or (behind_s > 0 and -offset_s > behind_s):
+            self._drop(
+                "stamp_out_of_range",
+                f"{stream} image stamped {offset_s:+.3f} s from the node clock "
+                f"(sync.max_clock_skew_s {ahead_s:g}, sync.max_stamp_age_s {behind_s:g})",
+            )
+            return False
+        return True
 
     def on_camera_info(self, msg: Any) -> None:
         self.sync.add_camera_info(msg)
@@ -108,6 +183,8 @@ class IngestWorker:
     # ------------------------------------------------------------------ thread
 
     def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError("a stopped ingest worker cannot be restarted; make a new one")
         if self._thread is not None:
             return
         self._stop.clear()
@@ -115,8 +192,15 @@ class IngestWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the worker (waits for at most the keyframe being encoded) and forget the
-        frames still waiting."""
+        """Stop the worker (waits for at most the keyframe being encoded), forget the
+        frames still waiting and let go of the pipeline and TF; a stopped worker is not
+        started again (the node makes a new one per activation).
+
+        Why let go: rclpy's executor keeps the entities of its last wait, among them a
+        destroyed subscription and so this worker's bound callbacks, until it next
+        wakes. Holding the pipeline kept the previous configuration's models and memory
+        alive through the next configure (two pipelines' RSS after cleanup/configure)."""
+        self._stopped = True
         self._stop.set()
         self._wake.set()
         thread, self._thread = self._thread, None
@@ -126,6 +210,9 @@ class IngestWorker:
             self._pending.clear()
         self.sync.reset()
         self.telemetry.add_drops(self.sync.take_drops())
+        self.pipeline = None  # type: ignore[assignment]
+        self.tf = None  # type: ignore[assignment]
+        self._intrinsics_cache = None
 
     @property
     def pending_tf_frames(self) -> int:
@@ -179,6 +266,12 @@ class IngestWorker:
                 else:
                     self._drop(f"tf_{exc.reason}", str(exc))
                 continue
+            problem = pose_problem(t_map_cam, cfg.max_translation_m)
+            if problem is not None:
+                self._drop(
+                    "bad_pose", f"{camera_frame} at {frame.stamp_ns * 1e-9:.3f} s: {problem}"
+                )
+                continue
             if self._integrate(frame, t_map_cam):
                 integrated = True
                 break
@@ -208,6 +301,8 @@ class IngestWorker:
             t = self.tf.lookup(self.config.map_frame, self.config.robot_frame, stamp_ns)
         except TransformUnavailableError:
             return None  # the radius bound waits for the next frame with a robot pose
+        if pose_problem(t, self.config.max_translation_m) is not None:
+            return None  # a bad robot pose must not move the radius bound
         return t[:3, 3]
 
     def _integrate(self, frame: SyncedFrame[Any, Any, Any], t_map_cam: np.ndarray) -> bool:

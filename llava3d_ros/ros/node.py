@@ -431,7 +431,8 @@ class Llava3DNode(LifecycleNode):
             )
         snap = objects.snapshot()
         header = self._header(settings.inputs.map_frame)
-        self._objects_pub.publish(object_list_msg(header, snap))
+        pending = objects.crops.pending if objects.crops is not None else 0
+        self._objects_pub.publish(object_list_msg(header, snap, pending))
         self._object_markers_pub.publish(object_markers(header, snap))
 
     def _publish_cloud(self) -> None:

@@ -45,12 +45,15 @@ def scene_object_msg(inst: ObjectInstance) -> SceneObject:
     return msg
 
 
-def object_list_msg(header: Header, snapshot: ObjectSnapshot) -> ObjectList:
+def object_list_msg(
+    header: Header, snapshot: ObjectSnapshot, pending_crops: int = 0
+) -> ObjectList:
     msg = ObjectList(
         header=header,
         objects=[scene_object_msg(i) for i in snapshot.instances],
         update_count=int(snapshot.version),
         update_time_s=float(snapshot.update_time_s),
+        pending_crops=int(pending_crops),
     )
     d = _time(snapshot.stamp)
     msg.data_stamp.sec, msg.data_stamp.nanosec = d.sec, d.nanosec  # type: ignore[attr-defined]

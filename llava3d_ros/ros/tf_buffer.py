@@ -4,18 +4,53 @@ rotation) and no extrapolation. Plain Python + numpy, no rclpy, so it is unit te
 on its own; the node uses tf2_ros instead whenever it is importable.
 
 Lookups never block: a stamp newer than the data is ``TransformUnavailableError`` with
-reason "future" (retry later), an older one than the cache keeps is "expired".
+reason "future" (retry later), an older one than the cache keeps is "expired". Stamp 0
+means "latest" (queries use it; the ingest worker drops images stamped 0 before they
+get here).
+
+Transforms are validated where TF is fed: non-finite values and quaternions whose norm
+is off by more than :data:`QUATERNION_NORM_TOLERANCE` are refused (``ValueError``), as
+tf2 refuses them; a quaternion within the tolerance is normalised. Before, a non-unit
+quaternion was silently normalised whatever its norm (a zero or 1e6-norm quaternion
+from a broken publisher became some rotation).
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from llava3d_ros.core.geometry import interpolate_transform, invert_transform
+from llava3d_ros.core.geometry import (
+    interpolate_transform,
+    invert_transform,
+    make_transform,
+    validate_transform,
+)
+
+#: |q| must lie in [1 - tol, 1 + tol]; within it the quaternion is normalised.
+QUATERNION_NORM_TOLERANCE = 0.01
+
+
+def transform_from_parts(
+    translation: Sequence[float], quaternion_xyzw: Sequence[float]
+) -> np.ndarray:
+    """4x4 transform of a TF message's translation and rotation, or ``ValueError`` for
+    non-finite values or a quaternion that is not (nearly) unit length."""
+    tr = np.asarray(translation, dtype=np.float64)
+    q = np.asarray(quaternion_xyzw, dtype=np.float64)
+    if not (np.all(np.isfinite(tr)) and np.all(np.isfinite(q))):
+        raise ValueError(f"non-finite transform: translation {tr.tolist()}, rotation {q.tolist()}")
+    norm = float(np.linalg.norm(q))
+    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise ValueError(
+            f"rotation quaternion {q.tolist()} has norm {norm:.6g}; it must be a unit "
+            f"quaternion (|q| within {QUATERNION_NORM_TOLERANCE} of 1)"
+        )
+    return make_transform(tr, q / norm)
 
 
 class TransformUnavailableError(LookupError):
@@ -70,6 +105,7 @@ class TransformBuffer:
         parent, child = parent.lstrip("/"), child.lstrip("/")
         if not parent or not child or parent == child:
             raise ValueError(f"invalid transform {parent!r} <- {child!r}")
+        transform = validate_transform(transform, f"transform {parent!r} <- {child!r}")
         with self._lock:
             edge = self._edges.get(child)
             if edge is None or edge.parent != parent or edge.static != static:

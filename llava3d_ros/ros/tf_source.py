@@ -1,6 +1,10 @@
 """Transform lookups for the node, without blocking: tf2_ros where it is importable (a
 ROS 2 install), otherwise the package's own buffer fed by /tf and /tf_static (ROS 2
-from wheels has no tf2_ros). Both raise ``TransformUnavailableError`` with a reason."""
+from wheels has no tf2_ros). Both raise ``TransformUnavailableError`` with a reason.
+
+Bad transforms (non-finite, a quaternion that is not unit length within 1 %) are refused
+where TF is fed, by both backends (tf2 refuses a quaternion whose squared norm is off by
+more than 1e-3), so a frame that needs one waits and is dropped with its TF reason."""
 
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
-from llava3d_ros.core.geometry import make_transform
 from llava3d_ros.ros.conversions import stamp_to_ns
-from llava3d_ros.ros.tf_buffer import TransformBuffer, TransformUnavailableError
+from llava3d_ros.ros.tf_buffer import (
+    TransformBuffer,
+    TransformUnavailableError,
+    transform_from_parts,
+)
 
 try:  # a ROS 2 install
     import tf2_ros  # type: ignore[import-not-found]
@@ -22,8 +29,10 @@ except ImportError:  # ROS 2 from wheels
 
 
 def transform_msg_to_matrix(t: Any) -> np.ndarray:
+    """A geometry_msgs/Transform as 4x4; ``ValueError`` for a non-finite transform or a
+    quaternion that is not (nearly) unit length (see :func:`transform_from_parts`)."""
     tr, q = t.translation, t.rotation
-    return make_transform([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
+    return transform_from_parts([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
 
 
 class TfSource:
@@ -31,6 +40,7 @@ class TfSource:
 
     def __init__(self, node: Node, cache_s: float = 30.0, prefer_tf2: bool = True):
         self._node = node
+        self.rejected = 0  # transforms refused by the built-in buffer (tf2 logs its own)
         self.backend = "tf2_ros" if (prefer_tf2 and tf2_ros is not None) else "builtin"
         if self.backend == "tf2_ros":
             from rclpy.duration import Duration
@@ -64,8 +74,11 @@ class TfSource:
                     static=static,
                 )
             except ValueError as exc:  # malformed transform: log, keep the others
+                self.rejected += 1
                 self._node.get_logger().warning(
-                    f"ignoring transform: {exc}", throttle_duration_sec=5.0
+                    f"ignoring transform {t.header.frame_id!r} <- {t.child_frame_id!r} "
+                    f"({self.rejected} rejected so far): {exc}",
+                    throttle_duration_sec=5.0,
                 )
 
     def _on_tf(self, msg: Any) -> None:

@@ -106,7 +106,10 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
     assert voxels == sorted(voxels) and voxels[-1] > 2 * voxels[0], voxels
 
     last = 10 + FRAMES - 1  # stamp (s) of the last keyframe
-    wait_until(lambda: lists and lists[-1].data_stamp.sec == last, 60.0, "objects segmented")
+    wait_until(
+        lambda: lists and lists[-1].data_stamp.sec == last and lists[-1].pending_crops == 0,
+        60.0, "objects segmented and their crops encoded",
+    )  # fmt: skip
     listed = {o.id: o for o in lists[-1].objects}
     assert sum(o.role == "object" for o in listed.values()) >= len(spec.objects) - 1
 
@@ -130,9 +133,9 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
             c = got.center.position
             assert np.allclose([c.x, c.y, c.z], want.center, atol=0.01), query
             assert np.allclose([got.size.x, got.size.y, got.size.z], want.size, atol=0.02)
-            # Scores may differ a little: the node's worker picked its crop views while
-            # frames were still arriving, the reference crops the final map at once.
-            assert got.score == pytest.approx(want.score, abs=0.05)
+            # Crops are remade when an instance's mask in a view changes, so once the
+            # node has caught up its features are the reference's (up to batching).
+            assert got.score == pytest.approx(want.score, abs=0.02)
         # Correct when the top box's centre lies on an object of the queried category.
         top = r.objects[0].center.position
         same = [b for b in gt.values() if b.category == box.category]

@@ -1,6 +1,7 @@
 """The node's parts without DDS: admission slots, goal validation, telemetry under
-concurrent writers, the ingest worker driven in-process, the parameter table derived
-from the configuration dataclasses. Message types are imported; no context is created."""
+concurrent writers, the ingest worker driven in-process (bad stamps, bad poses, the
+pipeline released on stop), the parameter table derived from the configuration
+dataclasses. Message types are imported; no context is created."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from llava3d_ros.core.geometry import make_transform
 from llava3d_ros.core.options import check_options, iter_options
 from llava3d_ros.ros import params as P
 from llava3d_ros.ros.conversions import fill_image, ns_to_stamp
-from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
+from llava3d_ros.ros.ingest import IngestConfig, IngestWorker, pose_problem
 from llava3d_ros.ros.queries import GoalSlots, validate_ask, validate_describe, validate_ground
 from llava3d_ros.ros.sync import RgbdSynchronizer
 from llava3d_ros.ros.telemetry import Telemetry, diagnostics_msg, memory_stats_msg
-from llava3d_ros.ros.tf_buffer import TransformUnavailableError
+from llava3d_ros.ros.tf_buffer import TransformBuffer, TransformUnavailableError
 from tests.model_fixtures import make_tiny_clip
 
 # --------------------------------------------------------------------------- admission
@@ -326,3 +327,168 @@ def test_ingest_worker_thread_starts_and_stops(tiny_bundle: Any) -> None:
         deadline.wait(0.01)
     worker.stop()
     assert tel.snapshot().counters["keyframes"] == 1
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _real_tf_worker(
+    bundle: Any, now_ns: Any = None, **cfg: Any
+) -> tuple[IngestWorker, TransformBuffer, Telemetry]:
+    """A worker on the fallback TF buffer (the one the wheels use), which reads stamp 0
+    as "latest"."""
+    pipe_cfg = pl.PipelineConfig.from_dict(
+        {"memory": {"voxel_size": 0.1}, "keyframes": {"max_interval_s": 0.0}}
+    )
+    buf, tel = TransformBuffer(cache_time_s=1e6), Telemetry()
+    worker = IngestWorker(
+        pl.ScenePipeline(pipe_cfg, bundle), buf, RgbdSynchronizer(), tel,
+        IngestConfig(map_frame="map", tf_timeout_s=0.0, **cfg), _Log(), now_ns=now_ns,
+    )  # fmt: skip
+    return worker, buf, tel
+
+
+def _send(worker: IngestWorker, stamp_ns: int, color_stamp_ns: int | None = None) -> None:
+    color, depth, info = _images(stamp_ns)
+    if color_stamp_ns is not None:
+        color.header.stamp = ns_to_stamp(color_stamp_ns, Time())
+    worker.on_camera_info(info)
+    worker.on_depth(depth)
+    worker.on_color(color)
+    while worker.drain():
+        pass
+
+
+def _pose(buf: TransformBuffer, stamp_ns: int, x: float) -> None:
+    buf.set_transform("map", "cam", stamp_ns, make_transform([x, 0.0, 0.0], [0, 0, 0, 1.0]))
+
+
+def test_frames_stamped_zero_are_dropped_not_placed_at_the_latest_pose(tiny_bundle: Any) -> None:
+    """Before: the fallback TF buffer answered stamp 0 with the latest pose and the frame
+    was integrated there (and the keyframe policy saw time go backwards)."""
+    worker, buf, tel = _real_tf_worker(tiny_bundle)
+    for i in range(2):
+        _pose(buf, (10 + i) * S, 0.5 * i)
+        _send(worker, (10 + i) * S)
+    assert tel.snapshot().counters["keyframes"] == 2
+    _send(worker, 0)
+    snap = tel.snapshot()
+    assert snap.drops == {"zero_stamp": 2}  # colour and depth
+    assert snap.counters["keyframes"] == 2
+    _pose(buf, 12 * S, 1.0)
+    _send(worker, 12 * S)
+    assert tel.snapshot().counters["keyframes"] == 3
+
+
+def test_images_far_from_the_node_clock_are_dropped_and_block_nothing(tiny_bundle: Any) -> None:
+    """Before: a lone colour image stamped 1 h ahead stopped ingest for good (every later
+    one refused as out_of_order); there was no clock check at all."""
+    now = [100 * S]
+    worker, buf, tel = _real_tf_worker(
+        tiny_bundle, now_ns=lambda: now[0], max_clock_skew_s=5.0, max_stamp_age_s=60.0
+    )
+    hour = 3600 * S
+    color, _, info = _images(100 * S + hour)
+    worker.on_camera_info(info)
+    worker.on_color(color)  # a lone colour image from the future
+    _, depth, _ = _images(100 * S + 2 * hour)
+    worker.on_depth(depth)  # and a lone depth image from further still
+    color, depth, _ = _images(100 * S - hour)  # an hour old
+    worker.on_depth(depth)
+    worker.on_color(color)
+    assert tel.snapshot().drops == {"stamp_out_of_range": 4}
+    for i in range(3):
+        stamp = 100 * S + i * S // 10
+        now[0] = stamp
+        _pose(buf, stamp, 0.5 * i)
+        _send(worker, stamp)
+    assert tel.snapshot().counters["keyframes"] == 3
+    assert set(tel.snapshot().drops) == {"stamp_out_of_range"}
+    # Sim time before the first /clock message reads 0: nothing is dropped for it.
+    now[0] = 0
+    _pose(buf, 200 * S, 2.0)
+    _send(worker, 200 * S)
+    assert tel.snapshot().counters["keyframes"] == 4
+    # Within the skew: accepted (camera clocks run a little ahead).
+    now[0] = 300 * S
+    _pose(buf, 302 * S, 3.0)
+    _send(worker, 302 * S)
+    assert tel.snapshot().counters["keyframes"] == 5
+
+
+def test_the_clock_check_can_be_turned_off(tiny_bundle: Any) -> None:
+    worker, buf, tel = _real_tf_worker(
+        tiny_bundle, now_ns=lambda: 10**18, max_clock_skew_s=0.0, max_stamp_age_s=0.0
+    )
+    _pose(buf, 10 * S, 0.0)
+    _send(worker, 10 * S)
+    assert tel.snapshot().counters["keyframes"] == 1 and not tel.snapshot().drops
+
+
+@pytest.mark.parametrize(
+    ("name", "pose"),
+    [
+        ("far", make_transform([1e9, 0.0, 0.0], [0, 0, 0, 1.0])),
+        ("scaled", np.diag([2.0, 2.0, 2.0, 1.0])),
+        ("mirrored", np.diag([1.0, 1.0, -1.0, 1.0])),
+        ("nan", np.full((4, 4), np.nan)),
+    ],
+)
+def test_bad_poses_are_dropped_before_the_keyframe_policy(
+    tiny_bundle: Any, name: str, pose: np.ndarray
+) -> None:
+    """Before: a pose 1e9 m away counted as an integrated keyframe while the memory
+    rejected every point (and reset the keyframe policy to that pose)."""
+    now = [0.0]
+    worker, tf, tel = _worker(tiny_bundle, now)
+    tf.poses[10 * S] = pose
+    color, depth, info = _images(10 * S)
+    worker.on_camera_info(info)
+    worker.on_depth(depth)
+    worker.on_color(color)
+    worker.drain()
+    snap = tel.snapshot()
+    assert snap.drops == {"bad_pose": 1}, name
+    assert snap.counters.get("keyframes", 0) == 0
+    assert worker.pipeline.memory.stats().frames_integrated == 0
+    tf.poses[11 * S] = np.eye(4)
+    color, depth, _ = _images(11 * S)
+    worker.on_depth(depth)
+    worker.on_color(color)
+    assert worker.drain() and tel.snapshot().counters["keyframes"] == 1
+
+
+def test_pose_problem_bounds() -> None:
+    assert pose_problem(np.eye(4), 1e5) is None
+    assert pose_problem(make_transform([0, 0, 99_999.0], [0, 0, 0, 1.0]), 1e5) is None
+    assert "from the map origin" in (
+        pose_problem(make_transform([0, 0, 1e6], [0, 0, 0, 1.0]), 1e5) or ""
+    )
+    near = np.eye(4)
+    near[:3, :3] *= 1.0 + 1e-5  # float32 round trips: accepted
+    assert pose_problem(near, 1e5) is None
+
+
+def test_a_stopped_worker_lets_go_of_the_pipeline(tiny_bundle: Any) -> None:
+    """rclpy's executor keeps a destroyed subscription (and so the worker's bound
+    callback) until it next wakes; the worker held the pipeline, so the previous
+    configuration's models stayed alive through the next configure."""
+    import gc
+    import weakref
+
+    cfg = pl.PipelineConfig.from_dict({"memory": {"voxel_size": 0.1}})
+    worker = IngestWorker(
+        pl.ScenePipeline(cfg, tiny_bundle), _Tf(), RgbdSynchronizer(), Telemetry(),
+        IngestConfig(), _Log(),
+    )  # fmt: skip
+    pipeline = weakref.ref(worker.pipeline)
+    lingering_callback = worker.on_color  # what the executor keeps
+    worker.start()
+    worker.stop()
+    del worker
+    gc.collect()
+    assert pipeline() is None
+    color, _, _ = _images(10 * S)
+    lingering_callback(color)  # a late message: ignored, no error
+    with pytest.raises(RuntimeError, match="restarted"):
+        lingering_callback.__self__.start()

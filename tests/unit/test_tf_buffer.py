@@ -1,14 +1,20 @@
-"""The fallback TF buffer: chains, interpolation, no extrapolation, reasons."""
+"""The fallback TF buffer: chains, interpolation, no extrapolation, reasons; bad
+transforms (non-unit quaternions, non-finite values) refused where TF is fed."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
 
 from llava3d_ros.core.geometry import make_transform
-from llava3d_ros.ros.tf_buffer import TransformBuffer, TransformUnavailableError
+from llava3d_ros.ros.tf_buffer import (
+    TransformBuffer,
+    TransformUnavailableError,
+    transform_from_parts,
+)
 
 S = 1_000_000_000
 
@@ -82,3 +88,84 @@ def test_latest_and_cache_trim() -> None:
 def test_rejects_bad_frames() -> None:
     with pytest.raises(ValueError):
         TransformBuffer().set_transform("a", "a", 0, np.eye(4))
+
+
+# --------------------------------------------------------------------------- bad TF
+
+
+@pytest.mark.parametrize(
+    "quat",
+    [
+        [0.0, 0.0, 0.0, 2.0],  # |q| = 2
+        [0.0, 0.0, 0.0, 0.0],  # |q| = 0
+        [0.0, 0.0, 0.0, 0.98],  # just outside the 1 % tolerance
+        [0.0, 0.0, math.nan, 1.0],
+        [0.0, 0.0, math.inf, 1.0],
+    ],
+)
+def test_non_unit_or_non_finite_quaternions_are_refused(quat: list[float]) -> None:
+    """Before: any quaternion was normalised, so a broken publisher's |q| = 2 (or 1e6)
+    rotation was accepted as some rotation."""
+    with pytest.raises(ValueError):
+        transform_from_parts([0.0, 0.0, 0.0], quat)
+
+
+def test_nearly_unit_quaternions_are_normalised() -> None:
+    t = transform_from_parts([1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.009])
+    np.testing.assert_allclose(t, make_transform([1.0, 2.0, 3.0], [0, 0, 0, 1.0]), atol=1e-12)
+    with pytest.raises(ValueError, match="non-finite"):
+        transform_from_parts([math.nan, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+
+
+def test_buffer_refuses_non_rigid_matrices() -> None:
+    buf = TransformBuffer()
+    for bad in (np.diag([2.0, 2.0, 2.0, 1.0]), np.full((4, 4), np.nan), np.diag([1, 1, -1, 1.0])):
+        with pytest.raises(ValueError):
+            buf.set_transform("map", "cam", S, bad)
+    assert buf.frames() == set()
+
+
+class _FakeNode:
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def create_subscription(self, *_a: object, **_kw: object) -> object:
+        return object()
+
+    def get_logger(self) -> Any:
+        node = self
+
+        class _Logger:
+            def warning(self, message: str, **_kw: object) -> None:
+                node.warnings.append(message)
+
+        return _Logger()
+
+
+def _tf_msg(child: str, quat: list[float], stamp_s: int = 1) -> Any:
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    t = TransformStamped()
+    t.header.frame_id, t.child_frame_id = "map", child
+    t.header.stamp.sec = stamp_s
+    r = t.transform.rotation
+    r.x, r.y, r.z, r.w = quat
+    return TFMessage(transforms=[t])
+
+
+def test_tf_source_refuses_bad_quaternions_where_tf_is_fed() -> None:
+    from llava3d_ros.ros.tf_source import TfSource
+
+    node = _FakeNode()
+    tf = TfSource(node, prefer_tf2=False)  # type: ignore[arg-type]
+    tf._on_tf(_tf_msg("good", [0.0, 0.0, 0.0, 1.0]))
+    tf._on_tf(_tf_msg("scaled", [0.0, 0.0, 0.0, 2.0]))
+    tf._on_tf(_tf_msg("nan", [0.0, 0.0, math.nan, 1.0]))
+    np.testing.assert_allclose(tf.lookup("map", "good", S), np.eye(4))
+    for child in ("scaled", "nan"):
+        with pytest.raises(TransformUnavailableError) as err:
+            tf.lookup("map", child, S)
+        assert err.value.reason == "unknown_frame"
+    assert tf.rejected == 2 and len(node.warnings) == 2
+    assert "'map' <- 'scaled'" in node.warnings[0]

@@ -37,6 +37,7 @@ class CropConfig:
     min_side_px: int = 64
     min_coverage: float = 0.5  # crop patches the instance covers this much are pooled
     max_size_change: float = 2.0  # a cached crop is dropped when voxels change by this factor
+    mask_tolerance: float = 0.05  # ... and made again when its pixel mask changed more
     batch: int = 4
 
 
@@ -45,6 +46,7 @@ class CropFeature:
     feature: NDArray[np.float32]  # (D,) unit
     weight: float
     voxels: int  # the instance's voxel count when cropped
+    samples: float = 0.0  # its sampled pixels in that view when cropped (the mask's size)
 
 
 @dataclass(order=True)
@@ -54,6 +56,7 @@ class _Job:
     obs: KeyframeObservation = field(compare=False)
     mask: NDArray[np.bool_] = field(compare=False)  # which of obs' samples are the instance
     voxels: int = field(compare=False)
+    samples: float = field(compare=False, default=0.0)
 
 
 def crop_box(
@@ -85,11 +88,13 @@ class CropRefiner:
         self.geometry = geometry
         self.config = config or CropConfig()
         self.cache: dict[int, dict[float, CropFeature]] = {}
+        self.chosen: dict[int, set[float]] = {}  # the views the latest plan wants per id
         self.pending = 0
         self.encoded = 0
 
     def clear(self) -> None:
         self.cache.clear()
+        self.chosen.clear()
         self.pending = 0
 
     def plan(
@@ -134,10 +139,18 @@ class CropRefiner:
                 if visible[v, row] >= cfg.min_samples and observations[v].image
             ]
             done = self.cache.setdefault(iid, {})
-            have = len(done)
+            # Only the current best views count: an instance's features then depend on
+            # the map, not on when the worker happened to crop it.
+            self.chosen[iid] = {observations[v].stamp for v in chosen}
+            have = sum(1 for st in done if st in self.chosen[iid])
             for rank, v in enumerate(chosen):
                 obs = observations[v]
-                if obs.stamp in done:
+                cached = done.get(obs.stamp)
+                # A crop whose pixel mask has changed (the instance grew or shrank in
+                # that view since) is made again: features follow the current map.
+                if cached is not None and abs(cached.samples - visible[v, row]) <= (
+                    cfg.mask_tolerance * max(visible[v, row], 1.0)
+                ):
                     continue
                 # Most needed first: no crop yet, objects, few pooled views, best view.
                 priority = (
@@ -146,7 +159,9 @@ class CropRefiner:
                     float(views[row]),
                     float(rank),
                 )
-                jobs.append(_Job(priority, iid, obs, labels[v] == row, int(voxels[row])))
+                jobs.append(
+                    _Job(priority, iid, obs, labels[v] == row, int(voxels[row]), visible[v, row])
+                )
         jobs.sort()
         self.pending = len(jobs)
         return jobs
@@ -168,7 +183,7 @@ class CropRefiner:
                     metas.append((job, made[1]))
                 else:  # nothing to crop: remember, so it is not planned again
                     self.cache.setdefault(job.instance_id, {})[job.obs.stamp] = CropFeature(
-                        np.zeros(0, np.float32), 0.0, job.voxels
+                        np.zeros(0, np.float32), 0.0, job.voxels, job.samples
                     )
             if crops:
                 feats = self.encode(crops).float().cpu().numpy()
@@ -224,7 +239,7 @@ class CropRefiner:
             mean = (w[:, None] * feats).sum(axis=0) / weight
             feature = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         self.cache.setdefault(job.instance_id, {})[job.obs.stamp] = CropFeature(
-            feature, weight, job.voxels
+            feature, weight, job.voxels, job.samples
         )
 
     def features(
@@ -234,7 +249,12 @@ class CropRefiner:
         out = np.zeros((len(ids), dim), np.float32)
         has = np.zeros(len(ids), dtype=bool)
         for row, iid in enumerate(ids):
-            feats = [c.feature for c in self.cache.get(int(iid), {}).values() if c.weight > 0]
+            want = self.chosen.get(int(iid))
+            feats = [
+                c.feature
+                for st, c in self.cache.get(int(iid), {}).items()
+                if c.weight > 0 and (want is None or st in want)
+            ]
             if feats and feats[0].shape[0] == dim:
                 mean = np.mean(feats, axis=0)
                 out[row] = mean / max(float(np.linalg.norm(mean)), 1e-12)

@@ -205,6 +205,8 @@ class ObjectMap:
             self._dirty.clear()
             try:
                 self.update()
+                if self.crops is not None and self.crops.pending:
+                    self._dirty.set()  # crops left over the budget: another round
             except Exception as exc:  # keep the worker alive; the owner logs the error
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
