@@ -120,10 +120,21 @@ def bench_inprocess(frames: list[tuple[np.ndarray, ...]], intr: CameraIntrinsics
     return result
 
 
-def bench_node(bag_dir: Path, work: Path, replay_rate: float, run: int) -> dict[str, Any]:
+def bench_node(
+    bag_dir: Path, work: Path, replay_rate: float, run: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """One node run on the bag without queries; the ingest block of its metrics."""
+    import yaml
+
     params = work / "keyframe_params.yaml"
-    params.write_text(KEYFRAME_PARAMS)
+    doc = yaml.safe_load(KEYFRAME_PARAMS)
+    for name, value in overrides.items():
+        node = doc["/**"]["ros__parameters"]
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    params.write_text(yaml.safe_dump(doc))
     out = work / f"node_run{run}"
     t0 = time.monotonic()
     res = evaluate(EvalConfig(bag=bag_dir, out=out, rate=replay_rate, params=params,
@@ -143,7 +154,15 @@ def main() -> int:
     ap.add_argument("--bag", type=Path, help="reuse this bag (made by make-bag)")
     ap.add_argument("--replay-rate", type=float, default=1.0, help="x real time")
     ap.add_argument("--repeat", type=int, default=1, help="node runs (median reported)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=YAML",
+                    help="a node parameter for the node runs, e.g. objects.crops=false")
     args = ap.parse_args()
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = yaml.safe_load(value)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="node_ingest_") as tmp:
         work = Path(tmp)
@@ -176,7 +195,7 @@ def main() -> int:
 
         runs: list[dict[str, Any]] = []
         for i in range(args.repeat):
-            r = bench_node(args.bag, work, args.replay_rate, i)
+            r = bench_node(args.bag, work, args.replay_rate, i, overrides)
             runs.append(r)
             print(f"node run {i + 1}/{args.repeat}: {r['keyframes']} keyframes of "
                   f"{r['frames_received']}/{r['frames_published']} frames received, "

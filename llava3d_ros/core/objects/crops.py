@@ -38,7 +38,7 @@ class CropConfig:
     min_coverage: float = 0.5  # crop patches the instance covers this much are pooled
     max_size_change: float = 2.0  # a cached crop is dropped when voxels change by this factor
     mask_tolerance: float = 0.05  # ... and made again when its pixel mask changed more
-    batch: int = 4
+    batch: int = 1  # crops per encoder call: short calls keep keyframes from waiting
 
 
 @dataclass
@@ -166,13 +166,21 @@ class CropRefiner:
         self.pending = len(jobs)
         return jobs
 
-    def run(self, jobs: list[_Job], budget_s: float | None) -> int:
-        """Encode crops until the budget (seconds; None = all) runs out; returns how many."""
+    def run(
+        self,
+        jobs: list[_Job],
+        budget_s: float | None,
+        yield_to: Callable[[], bool] | None = None,
+    ) -> int:
+        """Encode crops until the budget (seconds; None = all) runs out or ``yield_to()``
+        says the encoder is wanted for keyframes; returns how many."""
         cfg = self.config
         t0 = time.perf_counter()
         done = 0
         for start in range(0, len(jobs), cfg.batch):
             if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                break
+            if yield_to is not None and yield_to():
                 break
             batch = jobs[start : start + cfg.batch]
             crops, metas = [], []

@@ -78,6 +78,12 @@ class ObjectConfig:
     crop_budget_s: float = option(
         0.5, "encoder time the object worker may spend on crops per update", 0.0, 60.0
     )
+    crop_yield_s: float = option(
+        0.15,
+        "crops wait while keyframes come faster than this (s between them): the encoder is "
+        "the ingest's first (crops then catch up when the robot slows or stops)",
+        0.0, 10.0,
+    )  # fmt: skip
     crop_weight: float = option(
         0.5,
         "share of the crop features in an instance's feature (the rest: frame patches)",
@@ -133,6 +139,7 @@ class ObjectMap:
         self.update_times: list[float] = []
         self.errors = 0
         self.last_error = ""
+        self._last_keyframe = -1e9  # monotonic time of the newest integrate() call
 
     # ------------------------------------------------------------------ ingest
 
@@ -148,6 +155,7 @@ class ObjectMap:
         patch_geometry: PatchGeometry,
     ) -> IntegrationStats:
         """Fuse a keyframe's depth and keep its patch features for pooling."""
+        self._last_keyframe = time.monotonic()
         stats = self.tsdf.integrate(depth_m, rgb, intrinsics, t_map_camera, stamp, robot_position)
         if patch_features is not None and self.vocabulary is not None:
             obs = observe_keyframe(
@@ -265,7 +273,11 @@ class ObjectMap:
                     observations,
                     sample_labels,
                 )
-                self.crops.run(jobs, crop_budget_s)
+                yield_to = None
+                if crop_budget_s is not None:  # a complete flush never yields
+                    gap = self.config.crop_yield_s
+                    yield_to = lambda: time.monotonic() - self._last_keyframe < gap  # noqa: E731
+                self.crops.run(jobs, crop_budget_s, yield_to)
             features, has = self._features(pooled, ids)
             tracks = self.tracker.tracks
             instances = []
