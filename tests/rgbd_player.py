@@ -53,7 +53,8 @@ def _transform(parent: str, child: str, stamp: Time, xyz, quat) -> TransformStam
 class RgbdPlayer:
     def __init__(self, node: Node, prefix: str = "/camera"):
         self.node = node
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # Deep enough that a burst is never overwritten before a slow reader acks it.
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self.color = node.create_publisher(Image, f"{prefix}/color/image_raw", reliable)
         self.depth = node.create_publisher(
             Image, f"{prefix}/aligned_depth_to_color/image_raw", reliable

@@ -23,7 +23,10 @@ S = 1_000_000_000
 
 def write_params(tmp_path: Path, **overrides: object) -> Path:
     params = {
+        # Reliable and deeper than any burst a test sends: with the default depth 5 a
+        # loaded 2-core machine lost images of a 9-frame burst before the node took them.
         "qos_reliability": "reliable",
+        "qos_depth": 50,
         "stats_period_s": 0.1,
         "cloud_period_s": 0.0,
         "tf": {"timeout_s": 2.0},
