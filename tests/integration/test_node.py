@@ -45,10 +45,11 @@ def write_params(tmp_path: Path, **overrides: object) -> Path:
 
 
 class NodeUnderTest:
-    def __init__(self, client_side, start_process, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    def __init__(self, client_side, start_process, tmp_path: Path, proc_name: str = "llava3d",  # type: ignore[no-untyped-def]
+                 **overrides: object):  # fmt: skip
         params = write_params(tmp_path, **overrides)
         self.proc = start_process(
-            ["-m", "llava3d_ros.cli", "up", "--params", str(params)], name="llava3d"
+            ["-m", "llava3d_ros.cli", "up", "--params", str(params)], name=proc_name
         )
         node = client_side.node
         self.node = node

@@ -26,7 +26,7 @@ from sensor_msgs.msg import CameraInfo
 from tf2_msgs.msg import TFMessage
 
 from llava3d_ros.ros.conversions import ns_to_stamp
-from tests.integration.test_node import NO_HEAD, NodeUnderTest, write_params
+from tests.integration.test_node import NO_HEAD, NodeUnderTest, _feed, write_params
 from tests.model_fixtures import make_tiny_clip, make_tiny_lmm
 from tests.rgbd_player import CAMERA_FRAME, RgbdFrame, middlebury_frame
 from tests.ros_harness import wait_future, wait_until
@@ -447,3 +447,43 @@ def test_bursts_fast_rejects_and_cancel_storms_all_get_answers(
         ok = client.describe((3.0, 0.0, 1.0), size=(4.0, 4.0, 4.0), frame_id="map")
         assert ok.error_name in ("NONE", "NO_MATCH", "EMPTY_MEMORY"), ok.message
         assert n.proc.alive()
+
+
+def test_kill_9_during_ingest_then_restart_restores_the_last_autosave(
+    client_side, start_process, tmp_path, real_frame
+) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 lost the whole memory and nothing restored it. With an autosave period
+    and ``load_on_configure: autosave`` the restarted node comes back with the memory of
+    the last autosave: at most one period older than the kill."""
+    snaps = tmp_path / "snapshots"
+    params = {
+        "snapshot.dir": str(snaps),
+        "snapshot.autosave_period_s": 1.0,
+        "snapshot.load_on_configure": "autosave",
+        **NO_HEAD,
+    }
+    n = NodeUnderTest(client_side, start_process, tmp_path, proc_name="first", **params)
+    _feed(n, real_frame, 4)
+    wait_until(lambda: n.latest().keyframes_integrated >= 4, 60.0, "4 keyframes")
+    voxels = n.latest().num_voxels
+    assert voxels > 100
+    autosave = snaps / "autosave.safetensors"
+    after_last_keyframe = time.time()
+    wait_until(
+        lambda: autosave.is_file() and autosave.stat().st_mtime > after_last_keyframe,
+        10.0, "an autosave after the last keyframe",
+    )  # fmt: skip
+    # More frames are streaming when the node is killed (ingest is busy).
+    _feed(n, real_frame, 3, start_s=20)
+    n.proc.proc.kill()
+    assert n.proc.proc.wait(10.0) == -9
+    assert not list(snaps.glob(".*")), "a temporary file was left next to the snapshots"
+
+    n2 = NodeUnderTest(client_side, start_process, tmp_path, proc_name="restarted", **params)
+    wait_until(lambda: len(n2.stats) > 0, 30.0, "stats from the restarted node")
+    restored = n2.latest().num_voxels
+    # The autosave holds the 4 keyframes (and whatever of the streaming ones got in
+    # before it): never less than before the kill's period, never an empty memory.
+    assert restored >= voxels, (restored, voxels, n2.proc.log_text())
+    assert "loaded snapshot 'autosave'" in n2.proc.log_text()
+    assert "not loaded, starting empty" in n.proc.log_text()
