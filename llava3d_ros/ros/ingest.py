@@ -24,6 +24,11 @@ rotation (orthonormal within :data:`ROTATION_TOLERANCE`, det +1), translation wi
 ``max_translation_m`` of the map origin. Before, a pose 1e9 m away counted as an
 integrated keyframe while the memory rejected every point.
 
+And one input watchdog (``check_inputs``, logged once): camera info keeps arriving but
+no colour or depth image ever did. The usual cause is an image larger than the DDS
+transport carries (Fast DDS's default shared-memory segment is 0.5 MB, a VGA RGB image
+0.9 MB): such images are silently never delivered, so no drop counter can show them.
+
 No rclpy here beyond message types, so the worker is unit-tested in-process: feed it
 messages, call :meth:`IngestWorker.drain` and look at the pipeline and the telemetry.
 """
@@ -92,6 +97,7 @@ class IngestConfig:
     max_clock_skew_s: float = 5.0  # images stamped further ahead of now_ns (0 = off)
     max_stamp_age_s: float = 0.0  # images stamped further behind now_ns (0 = off)
     max_translation_m: float = 1e5  # camera poses further from the map origin: bad_pose
+    no_images_warn_s: float = 5.0  # camera info this long without any image: warn once
 
 
 class _PendingFrame:
@@ -133,6 +139,10 @@ class IngestWorker:
         self._stop = threading.Event()
         self._stopped = False
         self._wake = threading.Event()
+        # Input watchdog: when camera info first came, images seen per stream, warned yet.
+        self._first_info: float | None = None
+        self._images_seen = {"colour": 0, "depth": 0}
+        self._warned_no_images = False
 
     # ------------------------------------------------------------------ callbacks
 
@@ -140,6 +150,7 @@ class IngestWorker:
         if self._stopped:  # a late message on a destroyed subscription
             return
         self.telemetry.input_frame("color")
+        self._images_seen["colour"] += 1
         stamp = stamp_to_ns(msg.header.stamp)
         if self._stamp_ok(stamp, "colour"):
             self.sync.add_color(stamp, msg)
@@ -149,6 +160,7 @@ class IngestWorker:
         if self._stopped:
             return
         self.telemetry.input_frame("depth")
+        self._images_seen["depth"] += 1
         stamp = stamp_to_ns(msg.header.stamp)
         if self._stamp_ok(stamp, "depth"):
             self.sync.add_depth(stamp, msg)
@@ -178,7 +190,32 @@ class IngestWorker:
         return True
 
     def on_camera_info(self, msg: Any) -> None:
+        if self._first_info is None:
+            self._first_info = self._clock()
         self.sync.add_camera_info(msg)
+
+    def check_inputs(self) -> bool:
+        """Warn once when camera info has arrived for ``no_images_warn_s`` but a colour
+        or depth image never did; True when it warned now."""
+        first = self._first_info
+        if self._warned_no_images or first is None:
+            return False
+        if self._clock() - first < self.config.no_images_warn_s:
+            return False
+        missing = [k for k, n in self._images_seen.items() if n == 0]
+        if not missing:
+            self._warned_no_images = True  # both streams arrived: nothing to watch
+            return False
+        self._warned_no_images = True
+        self.logger.warning(
+            f"camera info has arrived for {self.config.no_images_warn_s:g} s but no "
+            f"{' or '.join(missing)} image ever did. Check the topic names and QoS; an image "
+            "larger than the DDS transport carries is silently never delivered (Fast DDS's "
+            "default shared-memory segment is 0.5 MB, a VGA RGB image 0.9 MB): set "
+            "FASTRTPS_DEFAULT_PROFILES_FILE to config/fastdds_localhost.xml (one computer) "
+            "or config/fastdds_large_images.xml"
+        )
+        return True
 
     # ------------------------------------------------------------------ thread
 
@@ -225,6 +262,7 @@ class IngestWorker:
             self._wake.wait(period)
             self._wake.clear()
             try:
+                self.check_inputs()
                 while not self._stop.is_set() and self.drain():
                     pass
             except Exception as exc:  # keep ingesting; a bug must not stop the memory

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llava3d_interfaces.action import Ground
+from llava3d_interfaces.action import Ground, Segment
+from rclpy.action import ActionClient
 
+from llava3d_ros.client import cloud_to_points
 from tests.integration.test_node import NodeUnderTest
 from tests.rgbd_player import RgbdFrame
 from tests.ros_harness import wait_until
@@ -139,7 +141,43 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
         # Correct when the top box's centre lies on an object of the queried category.
         top = r.objects[0].center.position
         same = [b for b in gt.values() if b.category == box.category]
-        hits += any(
-            b.contains(np.array([[top.x, top.y, top.z]]), margin=0.05)[0] for b in same
-        )
+        hits += any(b.contains(np.array([[top.x, top.y, top.z]]), margin=0.05)[0] for b in same)
     assert hits >= 5, f"top box on the queried object for {hits} of {len(spec.objects)}"
+
+    # ~/segment: the instances and their surface points, as the pipeline has them.
+    segment = ActionClient(n.node, Segment, "/llava3d/segment")
+    assert segment.wait_for_server(timeout_sec=10.0)
+    segmented = 0
+    for obj in spec.objects:
+        query = gt[obj.instance_id].names[0]
+        ref = pipe.segment(query)
+        r = n.send(segment, Segment.Goal(query=query)).result
+        if not ref.matches:
+            assert r.error_code == Segment.Result.NO_MATCH and r.error_msg, query
+            continue
+        assert r.error_code == Segment.Result.NONE, (query, r.error_msg)
+        # Ids are the node's own (they depend on how many updates its tracker saw).
+        assert len(r.objects) == len(ref.matches), query
+        assert all(o.instance_id in listed for o in r.objects), query
+        assert len(r.points) == len(r.objects) and r.header.frame_id == "map"
+        for cloud, match in zip(r.points, ref.matches, strict=True):
+            pts = cloud_to_points(cloud)
+            want = match.instance.points
+            assert pts.shape == want.shape, query
+            assert np.allclose(np.sort(pts, axis=0), np.sort(want, axis=0), atol=1e-4), query
+        # The top instance's points lie on the queried object (its box grown 5 cm).
+        top_points = cloud_to_points(r.points[0])
+        same = [b for b in gt.values() if b.category == gt[obj.instance_id].category]
+        inside = max(b.contains(top_points, margin=0.05).mean() for b in same)
+        segmented += inside > 0.8
+    assert segmented >= 5, f"segment found the object's points for {segmented} objects"
+    # Bad expressions: an answer with a message, never a silent failure.
+    assert not pipe.segment("the plate", min_score=1.0 - 1e-6).matches
+    for goal, code in (
+        (Segment.Goal(query="  "), Segment.Result.BAD_QUERY),
+        (Segment.Goal(query="the plate", min_score=float("nan")), Segment.Result.BAD_QUERY),
+        # Nothing scores above 1 - 1e-6 (a probability x relations): NO_MATCH.
+        (Segment.Goal(query="the plate", min_score=1.0 - 1e-6), Segment.Result.NO_MATCH),
+    ):
+        r = n.send(segment, goal).result
+        assert r.error_code == code and r.error_msg, (goal.query, r.error_code, r.error_msg)

@@ -492,3 +492,31 @@ def test_a_stopped_worker_lets_go_of_the_pipeline(tiny_bundle: Any) -> None:
     lingering_callback(color)  # a late message: ignored, no error
     with pytest.raises(RuntimeError, match="restarted"):
         lingering_callback.__self__.start()
+
+
+def test_camera_info_without_images_is_reported_once(tiny_bundle: Any) -> None:
+    """Images larger than the DDS transport carries never arrive and no drop counter
+    can show it: camera info without any image for a while is logged, once."""
+    now = [0.0]
+    worker, _tf, _tel = _worker(tiny_bundle, now)
+    log = worker.logger
+    assert isinstance(log, _Log)
+    color, depth, info = _images(10 * S)
+    assert not worker.check_inputs()  # no camera info yet: nothing to say
+    worker.on_camera_info(info)
+    worker.on_depth(depth)  # depth arrives, colour never does
+    now[0] = 4.9
+    assert not worker.check_inputs()
+    now[0] = 5.1
+    assert worker.check_inputs()
+    assert len(log.lines) == 1 and "no colour image" in log.lines[0]
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" in log.lines[0]
+    now[0] = 60.0
+    assert not worker.check_inputs() and len(log.lines) == 1  # once
+    # Both streams arriving: never a warning.
+    worker2, _, _ = _worker(tiny_bundle, now)
+    worker2.on_camera_info(info)
+    worker2.on_color(color)
+    worker2.on_depth(depth)
+    now[0] = 100.0
+    assert not worker2.check_inputs() and worker2.logger.lines == []  # type: ignore[attr-defined]
