@@ -582,20 +582,29 @@ class ScenePipeline:
         return True
 
     def _instance_rows(
-        self, phrase: str, snap: ObjectSnapshot, viewpoint: Viewpoint | None, threshold: float
+        self,
+        phrase: str,
+        snap: ObjectSnapshot,
+        viewpoint: Viewpoint | None,
+        threshold: float,
+        at_least_best: float | None = None,
     ) -> list[int]:
-        """Snapshot rows matching a phrase (which may carry relations), best first."""
+        """Snapshot rows matching a phrase (which may carry relations), best first.
+
+        ``at_least_best``: when no row reaches ``threshold`` but the best one reaches
+        this, the best one is returned (a count is never below what ``ground`` finds:
+        "how many ramekins" answered 0 while "the ramekin" got a box)."""
         assert self.vocabulary is not None
         try:
             expr = self.parse(phrase)
         except ValueError:
             return []
         og = self.config.object_grounding
-        return [
-            m.index
-            for m in rank_instances(expr, snap, self.vocabulary, viewpoint, og)
-            if m.score >= threshold
-        ]
+        ranked = rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+        rows = [m.index for m in ranked if m.score >= threshold]
+        if not rows and ranked and at_least_best is not None and ranked[0].score >= at_least_best:
+            rows = [ranked[0].index]
+        return rows
 
     def ask_spatial(
         self,
@@ -627,7 +636,9 @@ class ScenePipeline:
             if parsed.kind == COUNT and i == 0 and objects is not None and len(self.memory):
                 # Counting needs every instance of the phrase, not the best few.
                 snap = objects.snapshot()
-                rows = self._instance_rows(phrase, snap, viewpoint, og.count_min_score)
+                rows = self._instance_rows(
+                    phrase, snap, viewpoint, og.count_min_score, at_least_best=og.min_score
+                )
                 boxes[phrase] = [result_box_of(snap.instances[r], og.oriented) for r in rows]
                 continue
             outcome = self.ground(

@@ -131,3 +131,30 @@ def test_config_errors_name_the_key() -> None:
         pl.PipelineConfig.from_dict({"memory": {"voxel_sise": 1}})
     with pytest.raises(ValueError, match="max_voxels"):
         pl.PipelineConfig.from_dict({"memory": {"max_voxels": "many"}})
+
+
+def test_a_count_is_never_below_what_ground_finds(bundle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Counting: "How many ramekins?" answered 0 while "the ramekin" got a box: counting
+    asks for a higher score (count_min_score) than grounding (min_score). The best
+    instance that grounding would return is counted."""
+    from types import SimpleNamespace
+
+    p = _pipeline(bundle)
+    if p.vocabulary is None:
+        p.vocabulary = object()  # type: ignore[assignment]  # ranking is replaced below
+    og = p.config.object_grounding
+    assert og.min_score < og.count_min_score
+    ranked: list[SimpleNamespace] = []
+    monkeypatch.setattr(pl, "rank_instances", lambda *_a, **_k: ranked)
+
+    def rows() -> list[int]:
+        return p._instance_rows("ramekin", None, None, og.count_min_score, og.min_score)  # type: ignore[arg-type]
+
+    ranked[:] = [SimpleNamespace(index=3, score=og.min_score + 0.01),
+                 SimpleNamespace(index=1, score=og.min_score / 2)]  # fmt: skip
+    assert rows() == [3]  # what ground returns is counted once
+    assert p._instance_rows("ramekin", None, None, og.count_min_score) == []  # type: ignore[arg-type]
+    ranked[0].score = og.min_score * 0.9
+    assert rows() == []  # nothing ground would return: zero
+    ranked[:] = [SimpleNamespace(index=i, score=s) for i, s in ((5, 0.9), (2, 0.6), (7, 0.3))]
+    assert rows() == [5, 2]  # above the count threshold: only those

@@ -65,8 +65,11 @@ class ObjectGroundingConfig:
         1.0,
     )
     count_min_score: float = option(
-        0.5, '"how many X": instances scoring at least this count', 0.0, 1.0
-    )
+        0.5,
+        '"how many X": instances scoring at least this count (and never fewer than the one '
+        "ground would return at min_score)",
+        0.0, 1.0,
+    )  # fmt: skip
     anchor_floor: float = option(
         0.05,
         "anchor scores are divided by max(best anchor score, this): the best reading of an "
