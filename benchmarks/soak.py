@@ -28,7 +28,10 @@ the object layer's keyframe store (~0.35 MB per keyframe, 300 kept), the TSDF an
 memory (bounded by the scene here), the ingest backlog (up to 2 x sync.queue_size frames
 waiting when keyframes come faster than the encoder) and glibc heap that freed 1-2 MB
 image buffers leave behind once its dynamic mmap threshold has risen
-(``--node-env MALLOC_MMAP_THRESHOLD_=131072`` takes that part away).
+(``--node-env MALLOC_MMAP_THRESHOLD_=131072`` takes that part away: RSS ~1.3-1.4 GB
+instead of ~1.9-2.0 GB at 30 Hz, but every large per-frame buffer then costs page
+faults and keyframes/s fell from 7.5 to 5.4-6.3 on this 2-core CPU, with backlog drops;
+so the node leaves glibc's default alone).
 
 The last line is ``rss_growth_after_warmup: <final / end-of-warm-up>``.
 """

@@ -56,7 +56,6 @@ from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderError
 from llava3d_ros.core.snapshots import SnapshotDirectory
 from llava3d_ros.ros import params as P
-from llava3d_ros.ros.allocator import pin_mmap_threshold
 from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
 from llava3d_ros.ros.memory_services import MemoryServices
 from llava3d_ros.ros.objects import object_list_msg, object_markers
@@ -446,7 +445,6 @@ class Llava3DNode(LifecycleNode):
 def main(args: list[str] | None = None, executor_threads: int = 8) -> int:
     """Console entry ``llava3d_node`` (and ``llava3d-ros up``): ROS arguments as usual,
     e.g. ``--ros-args --params-file config/llava3d.yaml -r __ns:=/robot1``."""
-    pin_mmap_threshold()  # per-frame image buffers back to the OS (ros/allocator.py)
     rclpy.init(args=args)
     node = Llava3DNode()
     executor = MultiThreadedExecutor(num_threads=executor_threads)

@@ -521,11 +521,3 @@ def test_camera_info_without_images_is_reported_once(tiny_bundle: Any) -> None:
     now[0] = 100.0
     assert not worker2.check_inputs() and worker2.logger.lines == []  # type: ignore[attr-defined]
 
-
-def test_the_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from llava3d_ros.ros import allocator
-
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert not allocator.pin_mmap_threshold()  # the user's setting wins
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert allocator.pin_mmap_threshold()  # glibc (Debian): mallopt succeeds
