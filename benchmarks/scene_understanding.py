@@ -29,21 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.seeds import parse_seeds
 from llava3d_ros.eval import render as _render  # noqa: F401  (EGL before OpenGL)
 from llava3d_ros.eval.bag import BagConfig, Walkthrough
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llava3d_ros"
-
-
-def parse_seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = part.split("-")
-            out += list(range(int(lo), int(hi) + 1))
-        elif part:
-            out.append(int(part))
-    return out
 
 
 def load_walkthrough(config: BagConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

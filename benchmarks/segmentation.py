@@ -83,6 +83,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llava3d_ros.eval.render as render
+from benchmarks.seeds import parse_seeds
 from llava3d_ros.core.objects.segmentation import (
     Segmentation,
     SegmentationConfig,
@@ -97,17 +98,6 @@ from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, walkthrou
 
 TRACK_EVERY = 10  # frames between segmentations fed to the tracker
 GT_DEPTH_TOL = 0.03  # metres (+ 1 % of the depth) for a projected point to take a vote
-
-
-def parse_seeds(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part.strip()[1:]:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.append(int(part))
-    return out
 
 
 # ------------------------------------------------------------------------------ data

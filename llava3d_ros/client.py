@@ -378,6 +378,21 @@ class Llava3DClient:
 
     # ------------------------------------------------------------------ calls
 
+    def _send_staged(
+        self,
+        client: Any,
+        goal: Any,
+        convert: Callable[[Any, int], T],
+        feedback: Callable[[str, float], None] | None,
+    ) -> QueryHandle[T]:
+        """Send a goal whose feedback is (stage, progress)."""
+        cb = (
+            None
+            if feedback is None
+            else (lambda m: feedback(m.feedback.stage, m.feedback.progress))
+        )
+        return QueryHandle(self, client.send_goal_async(goal, feedback_callback=cb), convert)
+
     def ground_async(
         self,
         query: str,
@@ -389,14 +404,7 @@ class Llava3DClient:
         goal = Ground.Goal(
             query=query, max_results=max_results, min_score=min_score, target_frame=target_frame
         )
-        cb = (
-            None
-            if feedback is None
-            else (lambda m: feedback(m.feedback.stage, m.feedback.progress))
-        )
-        return QueryHandle(
-            self, self._ground.send_goal_async(goal, feedback_callback=cb), self._to_ground
-        )
+        return self._send_staged(self._ground, goal, self._to_ground, feedback)
 
     def ground(self, query: str, max_results: int = 0, min_score: float = 0.0,
                target_frame: str = "", timeout: float = 30.0) -> GroundResult:  # fmt: skip
@@ -413,14 +421,7 @@ class Llava3DClient:
         goal = Segment.Goal(
             query=query, max_results=max_results, min_score=min_score, target_frame=target_frame
         )
-        cb = (
-            None
-            if feedback is None
-            else (lambda m: feedback(m.feedback.stage, m.feedback.progress))
-        )
-        return QueryHandle(
-            self, self._segment.send_goal_async(goal, feedback_callback=cb), self._to_segment
-        )
+        return self._send_staged(self._segment, goal, self._to_segment, feedback)
 
     def segment(self, query: str, max_results: int = 0, min_score: float = 0.0,
                 target_frame: str = "", timeout: float = 30.0) -> SegmentResult:  # fmt: skip

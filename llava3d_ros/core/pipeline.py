@@ -462,11 +462,9 @@ class ScenePipeline:
         the fallback when no instance explains the query (no instances yet, or a part of
         furniture)."""
         voxels = len(self.memory)
-        problem = self.check_query(query)
-        if problem:
-            return GroundOutcome(BAD_QUERY, problem, [], voxels)
-        if not (min_score <= 1.0):  # also NaN
-            return GroundOutcome(BAD_QUERY, f"min_score must be <= 1, got {min_score}", [], voxels)
+        bad = self._bad_goal(query, min_score, voxels)
+        if bad is not None:
+            return bad
         if self.grounder is None:
             return GroundOutcome(
                 MODEL_UNAVAILABLE,
@@ -492,11 +490,7 @@ class ScenePipeline:
             threshold = min_score if min_score > 0 else og.min_score
             if instance_min_score is not None:
                 threshold = instance_min_score
-            matches = [
-                m
-                for m in rank_instances(expr, snap, self.vocabulary, viewpoint, og)
-                if m.score >= threshold
-            ][:max_results]
+            matches = self._matches(expr, snap, viewpoint, threshold)[:max_results]
             timings["objects"] = time.perf_counter() - t0
             if matches:
                 label = expr.target.text
@@ -519,6 +513,28 @@ class ScenePipeline:
         return self._ground_voxels(
             expr.target.text or query.strip(), max_results, min_score, cancel, stage, timings
         )
+
+    def _bad_goal(self, query: str, min_score: float, voxels: int) -> GroundOutcome | None:
+        """BAD_QUERY for a query or threshold no grounding can serve, else None."""
+        problem = self.check_query(query)
+        if problem:
+            return GroundOutcome(BAD_QUERY, problem, [], voxels)
+        if not (min_score <= 1.0):  # also NaN
+            return GroundOutcome(BAD_QUERY, f"min_score must be <= 1, got {min_score}", [], voxels)
+        return None
+
+    def _matches(
+        self,
+        expr: ReferringExpression,
+        snap: ObjectSnapshot,
+        viewpoint: Viewpoint | None,
+        threshold: float = float("-inf"),
+    ) -> list[InstanceMatch]:
+        """Instances ranked for an expression (best first) scoring at least ``threshold``."""
+        assert self.vocabulary is not None
+        og = self.config.object_grounding
+        ranked = rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+        return [m for m in ranked if m.score >= threshold]
 
     def _names_an_object(self, phrase: str) -> bool:
         """Whether a phrase names a label class that is an object or furniture (not a
@@ -599,8 +615,7 @@ class ScenePipeline:
             expr = self.parse(phrase)
         except ValueError:
             return []
-        og = self.config.object_grounding
-        ranked = rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+        ranked = self._matches(expr, snap, viewpoint)
         rows = [m.index for m in ranked if m.score >= threshold]
         if not rows and ranked and at_least_best is not None and ranked[0].score >= at_least_best:
             rows = [ranked[0].index]
@@ -764,11 +779,9 @@ class ScenePipeline:
         """Expression -> matching object instances (with their points in ``matches``);
         instances only: a query no instance explains is NO_MATCH."""
         voxels = len(self.memory)
-        problem = self.check_query(query)
-        if problem:
-            return GroundOutcome(BAD_QUERY, problem, [], voxels)
-        if not (min_score <= 1.0):
-            return GroundOutcome(BAD_QUERY, f"min_score must be <= 1, got {min_score}", [], voxels)
+        bad = self._bad_goal(query, min_score, voxels)
+        if bad is not None:
+            return bad
         if self.objects is None or self.vocabulary is None:
             return GroundOutcome(
                 MODEL_UNAVAILABLE,
@@ -789,7 +802,7 @@ class ScenePipeline:
         threshold = min_score if min_score > 0 else og.min_score
         limit = max_results if max_results > 0 else self.config.query.default_max_results
         t0 = time.perf_counter()
-        ranked = rank_instances(expr, snap, self.vocabulary, viewpoint, og)
+        ranked = self._matches(expr, snap, viewpoint)
         matches = [m for m in ranked if m.score >= threshold][:limit]
         timings = {"objects": time.perf_counter() - t0}
         if not matches:

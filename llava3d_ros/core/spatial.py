@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "RELATIONS",
+    "RELATION_PHRASES",
     "Box3D",
     "RelationResult",
     "Viewpoint",
@@ -574,6 +575,19 @@ def smaller(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationR
 
 
 RelationFn = Callable[..., RelationResult]
+
+#: How a relation reads in an expression or an answer ("the mug on the table").
+RELATION_PHRASES: dict[str, str] = {
+    "left_of": "left of",
+    "right_of": "right of",
+    "in_front_of": "in front of",
+    "behind": "behind",
+    "above": "above",
+    "below": "below",
+    "next_to": "next to",
+    "on_top_of": "on",
+    "between": "between",
+}
 
 RELATIONS: dict[str, RelationFn] = {
     "left_of": left_of,

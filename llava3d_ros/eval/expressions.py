@@ -45,7 +45,7 @@ from llava3d_ros.core.questions import (
     RELATION,
     parse_question,
 )
-from llava3d_ros.core.spatial import Box3D, Viewpoint, relation
+from llava3d_ros.core.spatial import RELATION_PHRASES, Box3D, Viewpoint, relation
 
 __all__ = [
     "CLEAR_SCORE",
@@ -71,17 +71,7 @@ CLEAR_CONTACT_FRACTION = 0.25
 MIN_VISIBLE_FRAMES = 3
 MIN_VISIBLE_PIXELS = 150
 
-# relation -> (phrase in questions/expressions, mirror relation for a "No" question)
-_PHRASES: dict[str, str] = {
-    "left_of": "left of",
-    "right_of": "right of",
-    "in_front_of": "in front of",
-    "behind": "behind",
-    "above": "above",
-    "below": "below",
-    "next_to": "next to",
-    "on_top_of": "on",
-}
+# relation -> mirror relation for a "No" question (phrases: spatial.RELATION_PHRASES)
 _MIRROR = {
     "left_of": "right_of",
     "right_of": "left_of",
@@ -288,7 +278,7 @@ def referring_expressions(
         for rel, anchor in chosen[:max_spatial]:
             out.append(
                 {
-                    "query": f"the {base} {_PHRASES[rel]} the {anchor.name}",
+                    "query": f"the {base} {RELATION_PHRASES[rel]} the {anchor.name}",
                     "target": obj.id,
                     "kind": "spatial",
                     "relation": rel,
@@ -358,7 +348,7 @@ def spatial_questions(
                 truth = _clarity(rel, a, b, viewpoint)
                 if truth is None:
                     continue
-                q = f"Is the {a.name} {_PHRASES[rel]} the {b.name}?"
+                q = f"Is the {a.name} {RELATION_PHRASES[rel]} the {b.name}?"
                 ids = [a.id, b.id]
                 add(f"relation_{'yes' if truth else 'no'}", q, "Yes" if truth else "No",
                     RELATION, (a.name, b.name), rel, relation=rel, objects=ids)  # fmt: skip

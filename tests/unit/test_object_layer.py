@@ -29,7 +29,7 @@ from llava3d_ros.core.spatial import Box3D, Viewpoint
 
 # --------------------------------------------------------------------------- fixtures
 
-D = 8  # embedding width of the fake text space
+D = 8  # embedding width of the table-driven text space (TableText)
 
 
 class TableText(TextEncoder):
@@ -226,9 +226,10 @@ def test_object_list_answers() -> None:
 # --------------------------------------------------------------------------- object map
 
 
-def _fake_features(index: np.ndarray, geo: PatchGeometry, parts: list) -> torch.Tensor:
-    """Per patch: the one-hot axis of the part covering most of it (the 'encoder' sees
-    what is there), so pooled features can be checked exactly."""
+def _planted_features(index: np.ndarray, geo: PatchGeometry, parts: list) -> torch.Tensor:
+    """Planted patch features: per patch, the one-hot axis of the part covering most of
+    it (a perfect encoder that sees what is there), so pooled features can be checked
+    exactly."""
     h, w = index.shape
     bounds = geo.patch_pixel_bounds(h, w)
     axis = {"red_box": 0, "blue_box": 1, "table": 2}
@@ -274,11 +275,11 @@ def test_object_map_segments_labels_and_keeps_ids(ray_scene) -> None:  # type: i
     om = _object_map(vocab)
     for i, (pose, rgb, depth, index) in enumerate(frames[:6]):
         om.integrate(rgb, depth, caster.intrinsics, pose, float(i), None,
-                     _fake_features(index, geo, parts), geo)  # fmt: skip
+                     _planted_features(index, geo, parts), geo)  # fmt: skip
     first = om.update()
     for i, (pose, rgb, depth, index) in enumerate(frames[6:], start=6):
         om.integrate(rgb, depth, caster.intrinsics, pose, float(i), None,
-                     _fake_features(index, geo, parts), geo)  # fmt: skip
+                     _planted_features(index, geo, parts), geo)  # fmt: skip
     snap = om.update()
     objects = [o for o in snap.instances if o.role == "object"]
     furniture = [o for o in snap.instances if o.role == "furniture"]

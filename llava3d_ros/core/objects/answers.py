@@ -10,21 +10,9 @@ import numpy as np
 
 from llava3d_ros.core.objects.instances import ObjectInstance, ObjectSnapshot
 from llava3d_ros.core.questions import COLOR, LIST, WHAT_RELATION, ParsedQuestion, SpatialAnswer
-from llava3d_ros.core.spatial import Box3D, Viewpoint, relation
+from llava3d_ros.core.spatial import RELATION_PHRASES, Box3D, Viewpoint, relation
 
 __all__ = ["answer_object_question", "describe_instance"]
-
-_RELATION_WORDS = {
-    "on_top_of": "on",
-    "next_to": "next to",
-    "left_of": "left of",
-    "right_of": "right of",
-    "in_front_of": "in front of",
-    "behind": "behind",
-    "above": "above",
-    "below": "below",
-    "between": "between",
-}
 
 
 def describe_instance(inst: ObjectInstance, with_colour: bool = True) -> str:
@@ -91,7 +79,7 @@ def answer_object_question(
                 continue
             if _holds(parsed.relation, k, anchors, snapshot, boxes, viewpoint):
                 found.append(k)
-        words = _RELATION_WORDS.get(parsed.relation, parsed.relation.replace("_", " "))
+        words = RELATION_PHRASES.get(parsed.relation, parsed.relation.replace("_", " "))
         where = f"{words} the {' and the '.join(parsed.phrases)}"
         if not found:
             return SpatialAnswer(f"Nothing is {where}.", 0, [])

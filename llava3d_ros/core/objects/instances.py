@@ -64,12 +64,6 @@ class ObjectSnapshot:
                 return inst
         return None
 
-    def index_of(self, instance_id: int) -> int:
-        for i, inst in enumerate(self.instances):
-            if inst.id == instance_id:
-                return i
-        raise KeyError(instance_id)
-
     def boxes(self, oriented: bool = True) -> list[Box3D]:
         return [i.box if oriented else i.aabb for i in self.instances]
 

@@ -196,9 +196,3 @@ class LabelVocabulary:
         best = sims.max()
         near = (sims >= self.own_cosine) & (sims >= best - self.own_margin)
         return near | (sims >= self.synonym_cosine)
-
-    def closest_class(self, phrase: str) -> tuple[int, float]:
-        """(class index, cosine) of the class prototype nearest to a phrase."""
-        sims = self.prototypes @ self.embed(phrase)
-        i = int(torch.argmax(sims))
-        return i, float(sims[i])

@@ -35,7 +35,6 @@ frames): ~0.8 ms per update; the instance of a ground-truth object kept its id i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -273,25 +272,6 @@ class InstanceTracker:
                 del self._tracks[tid]
                 events.append(TrackEvent(EVENT_REMOVED, tid, (), stamp))
         return TrackingUpdate(ids=ids, events=events)
-
-    def state(self) -> dict[str, Any]:
-        """JSON-able summary of the live tracks (for diagnostics)."""
-        return {
-            "next_id": self._next_id,
-            "tracks": [
-                {
-                    "id": t.id,
-                    "role": t.role,
-                    "first_seen_s": t.first_seen_s,
-                    "last_seen_s": t.last_seen_s,
-                    "observations": t.observations,
-                    "voxels": t.num_voxels,
-                    "missed": t.missed,
-                    "support": t.support,
-                }
-                for t in self._tracks.values()
-            ],
-        }
 
     def restore(self, next_id: int, tracks: list[Track]) -> None:
         """Replace the tracks with saved ones (a loaded snapshot): the next segmentation
