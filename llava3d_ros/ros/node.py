@@ -54,6 +54,7 @@ from visualization_msgs.msg import MarkerArray
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderError
+from llava3d_ros.core.heap import release_freed_memory
 from llava3d_ros.core.snapshots import SnapshotDirectory
 from llava3d_ros.ros import params as P
 from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
@@ -375,6 +376,7 @@ class Llava3DNode(LifecycleNode):
         self._stats_pub = self._diag_pub = self._objects_pub = self._object_markers_pub = None
         self.pipeline, self.settings = None, None
         self._configured = False
+        release_freed_memory()  # the old configuration's peak is not kept resident
 
     # ------------------------------------------------------------------ outputs
 
