@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/colour_names.py [--views 3] [--seeds 2] [--size 320x240]
                                                 [--seed-offset 0] [--no-furniture] [--verbose]
 
-Every catalogued asset with a ``colour`` attribute (``llava3d_ros.eval.assets``,
+Every catalogued asset with a ``colour`` attribute (``llava3d_ros.sim.assets``,
 LIBERO-PRO recolours included) is placed alone in ``--seeds`` composed rooms
 (``compose_room``: random floor/wall textures, ambient + key + ceiling lights of random
 direction, intensity and warmth) and rendered from ``--views`` viewpoints around it
@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from llava3d_ros.core.objects.colour import colour_name
-from llava3d_ros.eval.assets import catalog
-from llava3d_ros.eval.render import RGBDRenderer
-from llava3d_ros.eval.scene import (
+from llava3d_ros.sim.assets import catalog
+from llava3d_ros.sim.render import RGBDRenderer
+from llava3d_ros.sim.scene import (
     build_pyrender_scene,
     compose_room,
     object_views,
@@ -47,12 +47,21 @@ from llava3d_ros.eval.scene import (
 
 # Baseline: the nearest of these sRGB prototypes to the object's mean colour.
 PROTOTYPES = {
-    "red": (0.8, 0.1, 0.1), "orange": (1.0, 0.55, 0.1), "yellow": (0.95, 0.85, 0.1),
-    "green": (0.2, 0.7, 0.2), "dark green": (0.06, 0.25, 0.08), "blue": (0.1, 0.3, 0.85),
-    "purple": (0.5, 0.2, 0.7), "pink": (1.0, 0.6, 0.75), "brown": (0.45, 0.28, 0.12),
-    "beige": (0.9, 0.8, 0.62), "black": (0.06, 0.06, 0.06), "white": (0.95, 0.95, 0.95),
-    "grey": (0.5, 0.5, 0.5), "silver": (0.75, 0.75, 0.78),
-}  # fmt: skip
+    "red": (0.8, 0.1, 0.1),
+    "orange": (1.0, 0.55, 0.1),
+    "yellow": (0.95, 0.85, 0.1),
+    "green": (0.2, 0.7, 0.2),
+    "dark green": (0.06, 0.25, 0.08),
+    "blue": (0.1, 0.3, 0.85),
+    "purple": (0.5, 0.2, 0.7),
+    "pink": (1.0, 0.6, 0.75),
+    "brown": (0.45, 0.28, 0.12),
+    "beige": (0.9, 0.8, 0.62),
+    "black": (0.06, 0.06, 0.06),
+    "white": (0.95, 0.95, 0.95),
+    "grey": (0.5, 0.5, 0.5),
+    "silver": (0.75, 0.75, 0.78),
+}
 _PROTO_NAMES = list(PROTOTYPES)
 _PROTO = np.array([PROTOTYPES[n] for n in _PROTO_NAMES])
 

@@ -33,12 +33,16 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llava3
 
 
 def bag_for(seed: int, frames: int, rate: float, noise: bool) -> Path:
-    from llava3d_ros.eval.bag import BagConfig, make_bag
+    from llava3d_ros.sim.bag import BagConfig, make_bag
 
     path = CACHE / f"seed{seed}_f{frames}_r{rate:g}_n{int(noise)}"
     if not (path / "scene.json").is_file():
-        make_bag(path, BagConfig(seed=seed, frames=frames, rate=rate, noise=noise),
-                 overwrite=True, progress=False)  # fmt: skip
+        make_bag(
+            path,
+            BagConfig(seed=seed, frames=frames, rate=rate, noise=noise),
+            overwrite=True,
+            progress=False,
+        )
     return path
 
 
@@ -105,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         bag = bag_for(seed, args.frames, args.rate, args.noise)
         t_bag = time.monotonic() - t0
-        result = evaluate(EvalConfig(bag=bag, out=args.out / f"seed{seed}", params=args.params,
-                                     progress=False, verbose=False))  # fmt: skip
+        result = evaluate(
+            EvalConfig(
+                bag=bag,
+                out=args.out / f"seed{seed}",
+                params=args.params,
+                progress=False,
+                verbose=False,
+            )
+        )
         m = result.metrics
         rooms.append({"seed": seed, "metrics": m, "ground": result.ground, "qa": result.qa})
         g, q, o = m["grounding"], m["spatial_qa"], m["objects"]

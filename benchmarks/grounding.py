@@ -48,7 +48,7 @@ def make_memory(m: int, dim: int, seed: int, broad_fraction: float = 0.0) -> dic
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     cats = _unit(torch.randn(N_CATS + 1 + N_BG, dim, generator=g))
-    objness, bg_dirs = cats[N_CATS], cats[N_CATS + 1:]
+    objness, bg_dirs = cats[N_CATS], cats[N_CATS + 1 :]
     img = _unit(0.6 * objness + 0.8 * cats[:N_CATS])
     txt = _unit(0.3 * objness + 0.8 * cats[:N_CATS])
     bg_img = _unit(0.2 * objness + bg_dirs)
@@ -75,22 +75,31 @@ def make_memory(m: int, dim: int, seed: int, broad_fraction: float = 0.0) -> dic
     bg_cat = torch.randint(0, N_BG, (n_bg,), generator=g)
     feats = torch.empty(m, dim)
     feats[:n_bg] = bg_img[bg_cat] + noise * torch.randn(n_bg, dim, generator=g)
-    feats[n_bg:] = img[torch.from_numpy(obj_cat)] + noise * torch.randn(n_obj_vox, dim,
-                                                                         generator=g)
+    feats[n_bg:] = img[torch.from_numpy(obj_cat)] + noise * torch.randn(n_obj_vox, dim, generator=g)
     if broad_fraction > 0:
         k = int(broad_fraction * m)
         feats[:k] = img[0] + noise * torch.randn(k, dim, generator=g)
     feats *= torch.empty(m, 1).uniform_(0.5, 2.0, generator=g)  # running means: any norm
     cent = torch.from_numpy((coords + 0.5 + rng.uniform(-0.3, 0.3, coords.shape)) * VS)
-    planted = [Box3D.from_min_max(o[0] * VS, (o[0] + OBJ) * VS)
-               for i, o in enumerate(origins) if i % N_CATS == 1]
-    return {"centroids": cent.float(), "features": feats, "counts": torch.randint(
-        1, 50, (m,), generator=g), "query": txt[1], "broad_query": txt[0],
-            "negatives": torch.cat([objness[None], bg_txt]), "planted": planted}
+    planted = [
+        Box3D.from_min_max(o[0] * VS, (o[0] + OBJ) * VS)
+        for i, o in enumerate(origins)
+        if i % N_CATS == 1
+    ]
+    return {
+        "centroids": cent.float(),
+        "features": feats,
+        "counts": torch.randint(1, 50, (m,), generator=g),
+        "query": txt[1],
+        "broad_query": txt[0],
+        "negatives": torch.cat([objness[None], bg_txt]),
+        "planted": planted,
+    }
 
 
-def bench_one(grounder: Grounder, mem: dict, runs: int, query: str = "query"
-              ) -> tuple[float, float, dict[str, float], object]:
+def bench_one(
+    grounder: Grounder, mem: dict, runs: int, query: str = "query"
+) -> tuple[float, float, dict[str, float], object]:
     """-> (median total, min total, median per stage, last result)."""
     args = (mem[query], mem["centroids"], mem["features"], mem["counts"], VS)
     grounder.ground(*args)  # warm-up
@@ -102,8 +111,12 @@ def bench_one(grounder: Grounder, mem: dict, runs: int, query: str = "query"
         totals.append(time.perf_counter() - t0)
         for s in STAGES:
             stages[s].append(res.timings.get(s, 0.0))
-    return (statistics.median(totals), min(totals),
-            {s: statistics.median(v) for s, v in stages.items()}, res)
+    return (
+        statistics.median(totals),
+        min(totals),
+        {s: statistics.median(v) for s, v in stages.items()},
+        res,
+    )
 
 
 def main() -> int:
@@ -116,11 +129,15 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
-    print(f"grounding benchmark: D={args.dim}, voxel {VS} m, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU")
-    hdr = (f"{'voxels':>9} {'runs':>4} {'median ms':>10} {'min ms':>8} "
-           + " ".join(f"{s:>11}" for s in STAGES)
-           + f" {'selected':>9} {'boxes':>5} {'top IoU':>7}")
+    print(
+        f"grounding benchmark: D={args.dim}, voxel {VS} m, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, CPU"
+    )
+    hdr = (
+        f"{'voxels':>9} {'runs':>4} {'median ms':>10} {'min ms':>8} "
+        + " ".join(f"{s:>11}" for s in STAGES)
+        + f" {'selected':>9} {'boxes':>5} {'top IoU':>7}"
+    )
     print(hdr)
     print("-" * len(hdr))
     sys.stdout.flush()
@@ -134,23 +151,24 @@ def main() -> int:
         runs = 15 if m <= 10_000 else (7 if m <= 100_000 else 5)
         total, best, st, res = bench_one(grounder, mem, runs)
         medians[m], mins[m] = total, best
-        iou = max((res.boxes[0].iou(p) for p in mem["planted"]), default=0.0) if res.boxes \
-            else 0.0
-        print(f"{m:>9} {runs:>4} {total * 1e3:>10.1f} {best * 1e3:>8.1f} "
-              + " ".join(f"{st[s] * 1e3:>8.1f} ms" for s in STAGES)
-              + f" {res.num_selected:>9} {len(res.boxes):>5} {iou:>7.2f}")
+        iou = max((res.boxes[0].iou(p) for p in mem["planted"]), default=0.0) if res.boxes else 0.0
+        print(
+            f"{m:>9} {runs:>4} {total * 1e3:>10.1f} {best * 1e3:>8.1f} "
+            + " ".join(f"{st[s] * 1e3:>8.1f} ms" for s in STAGES)
+            + f" {res.num_selected:>9} {len(res.boxes):>5} {iou:>7.2f}"
+        )
         del mem
     big = max(sizes)
     mem = make_memory(big, args.dim, args.seed, broad_fraction=0.3)
     grounder.set_negatives(mem["negatives"])
     total, _, st, res = bench_one(grounder, mem, 3, "broad_query")
-    print(f"broad query at {big} voxels: {total * 1e3:.1f} ms median, "
-          f"{res.num_selected} selected, "
-          + ", ".join(f"{s} {st[s] * 1e3:.1f} ms" for s in STAGES))
+    print(
+        f"broad query at {big} voxels: {total * 1e3:.1f} ms median, "
+        f"{res.num_selected} selected, " + ", ".join(f"{s} {st[s] * 1e3:.1f} ms" for s in STAGES)
+    )
     del mem
     lo, hi = min(sizes), max(sizes)
-    print("stage medians are per stage; 'min' is the fastest run (least disturbed by other "
-          "load)")
+    print("stage medians are per stage; 'min' is the fastest run (least disturbed by other load)")
     print(f"min_latency_ratio_{_tag(hi)}_vs_{_tag(lo)}: {mins[hi] / mins[lo]:.1f}x")
     print(f"latency_ratio_{_tag(hi)}_vs_{_tag(lo)}: {medians[hi] / medians[lo]:.1f}x")
     return 0

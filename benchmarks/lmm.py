@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llava3d_ros.core.lmm import Llava3DChat, build_empty_model
-from llava3d_ros.core.lmm.testing import make_word_tokenizer, tiny_config
+from tests.lmm_fixtures import make_word_tokenizer, tiny_config
 
 SCENE_TOKENS = 2560  # LLaVA-3D's cap
 CLIP_WIDTH = 1024  # CLIP ViT-L/14-336 patch features
@@ -52,7 +52,8 @@ def _random_init_(model: torch.nn.Module, std: float = 0.02) -> None:
     """On-device random weights (fast even at 7B); norm gains 1."""
     for module in model.modules():
         is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith(
-            "RMSNorm")
+            "RMSNorm"
+        )
         for name, p in module.named_parameters(recurse=False):
             if is_norm and name == "weight":
                 p.fill_(1.0)
@@ -60,12 +61,24 @@ def _random_init_(model: torch.nn.Module, std: float = 0.02) -> None:
                 p.normal_(0.0, std)
 
 
-def bench(shape: Shape, device: torch.device, dtype: torch.dtype, runs: int,
-          decode_tokens: int, scene_tokens: int = SCENE_TOKENS) -> dict[str, float]:
+def bench(
+    shape: Shape,
+    device: torch.device,
+    dtype: torch.dtype,
+    runs: int,
+    decode_tokens: int,
+    scene_tokens: int = SCENE_TOKENS,
+) -> dict[str, float]:
     tokenizer = make_word_tokenizer(vocab_size=VOCAB)
-    config = tiny_config(VOCAB, hidden_size=shape.hidden, num_layers=shape.layers,
-                         num_heads=shape.heads, intermediate_size=shape.ffn,
-                         mm_hidden_size=CLIP_WIDTH, max_position_embeddings=4096)
+    config = tiny_config(
+        VOCAB,
+        hidden_size=shape.hidden,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        intermediate_size=shape.ffn,
+        mm_hidden_size=CLIP_WIDTH,
+        max_position_embeddings=4096,
+    )
     model = build_empty_model(config, device, dtype)
     _random_init_(model)
     model.eval().requires_grad_(False)
@@ -86,18 +99,30 @@ def bench(shape: Shape, device: torch.device, dtype: torch.dtype, runs: int,
             prefill.append(ans.prefill_s)
             decode.append(ans.decode_tokens_per_s)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    out = {"params": params, "prompt_tokens": prompt_tokens,
-           "prefill_ms": 1e3 * statistics.median(prefill),
-           "decode_tps": statistics.median(decode), "peak_gib": peak}
-    print(f"{device.type} {str(dtype).removeprefix('torch.')} {shape.name} shape: hidden "
-          f"{shape.hidden}, {shape.layers} layers, {shape.heads} heads, FFN {shape.ffn}, vocab "
-          f"{VOCAB} ({params / 1e6:.0f} M parameters)")
-    print(f"  input: {scene_tokens} scene tokens + {prompt_tokens - scene_tokens} prompt "
-          f"tokens = {prompt_tokens}")
-    print(f"  prefill: median {out['prefill_ms']:.1f} ms over {runs} runs "
-          f"({', '.join(f'{1e3 * s:.1f}' for s in prefill)})")
-    print(f"  decode:  median {out['decode_tps']:.1f} tokens/s over {runs} runs of "
-          f"{decode_tokens} tokens ({', '.join(f'{r:.1f}' for r in decode)})")
+    out = {
+        "params": params,
+        "prompt_tokens": prompt_tokens,
+        "prefill_ms": 1e3 * statistics.median(prefill),
+        "decode_tps": statistics.median(decode),
+        "peak_gib": peak,
+    }
+    print(
+        f"{device.type} {str(dtype).removeprefix('torch.')} {shape.name} shape: hidden "
+        f"{shape.hidden}, {shape.layers} layers, {shape.heads} heads, FFN {shape.ffn}, vocab "
+        f"{VOCAB} ({params / 1e6:.0f} M parameters)"
+    )
+    print(
+        f"  input: {scene_tokens} scene tokens + {prompt_tokens - scene_tokens} prompt "
+        f"tokens = {prompt_tokens}"
+    )
+    print(
+        f"  prefill: median {out['prefill_ms']:.1f} ms over {runs} runs "
+        f"({', '.join(f'{1e3 * s:.1f}' for s in prefill)})"
+    )
+    print(
+        f"  decode:  median {out['decode_tps']:.1f} tokens/s over {runs} runs of "
+        f"{decode_tokens} tokens ({', '.join(f'{r:.1f}' for r in decode)})"
+    )
     if device.type == "cuda":
         print(f"  peak GPU memory: {peak:.2f} GiB")
     del chat, model
@@ -114,21 +139,27 @@ def main() -> None:
     args = ap.parse_args()
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} CPUs"
+    )
     ratios: list[str] = []
     if not args.skip_cpu:
         cpu = bench(SMALL, torch.device("cpu"), torch.float32, args.runs, args.decode_tokens)
-        ratios.append(f"cpu fp32 small shape: prefill {cpu['prefill_ms'] * 1000 / SCENE_TOKENS:.1f}"
-                      f" ms per 1000 scene tokens, decode {cpu['decode_tps']:.1f} tokens/s")
+        ratios.append(
+            f"cpu fp32 small shape: prefill {cpu['prefill_ms'] * 1000 / SCENE_TOKENS:.1f}"
+            f" ms per 1000 scene tokens, decode {cpu['decode_tps']:.1f} tokens/s"
+        )
     if torch.cuda.is_available():
         dev = torch.device("cuda")
         print(f"GPU: {torch.cuda.get_device_name(dev)}")
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         gpu = bench(LLAVA_7B, dev, dtype, args.runs, max(args.decode_tokens, 64))
-        ratios.append(f"cuda {str(dtype).removeprefix('torch.')} 7B shape: prefill "
-                      f"{gpu['prefill_ms'] * 1000 / SCENE_TOKENS:.1f} ms per 1000 scene tokens, "
-                      f"decode {gpu['decode_tps']:.1f} tokens/s")
+        ratios.append(
+            f"cuda {str(dtype).removeprefix('torch.')} 7B shape: prefill "
+            f"{gpu['prefill_ms'] * 1000 / SCENE_TOKENS:.1f} ms per 1000 scene tokens, "
+            f"decode {gpu['decode_tps']:.1f} tokens/s"
+        )
     else:
         print("CUDA: not available, 7B-shape bf16 run skipped")
     print("ratio: " + "; ".join(ratios) if ratios else "ratio: nothing run")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/node_ingest.py [--frames 100] [--rate 10] [--seed 0]
         [--bag DIR] [--replay-rate 1.0] [--repeat 1]
 
-(1) A bag is written with ``llava3d_ros.eval.bag.make_bag`` (what ``llava3d-ros make-bag``
+(1) A bag is written with ``llava3d_ros.sim.bag.make_bag`` (what ``llava3d-ros make-bag``
     runs) into a temp dir, or ``--bag DIR`` reuses one (its scene.json decides seed,
     frames and rate; bags made with ``--noise`` are refused, see (2)).
 (2) In-process baseline: the same frames are rendered again from the same scene spec
@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.pipeline import ScenePipeline
-from llava3d_ros.eval import bag as B
 from llava3d_ros.eval.evaluate import EvalConfig, evaluate
 from llava3d_ros.ros import params as P
+from llava3d_ros.sim import bag as B
 
 STAGES = ("latency", "convert", "lift", "encode", "fuse")
 # Every frame of the walk-through moves, so translation >= 0 m makes each a keyframe.
@@ -65,8 +65,8 @@ def bag_config(bag_dir: Path) -> B.BagConfig:
 
 def render_frames(cfg: B.BagConfig) -> tuple[list[tuple[np.ndarray, ...]], CameraIntrinsics]:
     """(rgb, depth_m, T_map_optical, robot_xyz, stamp_s) per frame, as the bag holds them."""
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, walkthrough_poses
+    from llava3d_ros.sim.render import RGBDRenderer
+    from llava3d_ros.sim.scene import build_pyrender_scene, compose_room, walkthrough_poses
 
     spec = compose_room(cfg.seed, n_objects=cfg.objects)
     poses = walkthrough_poses(spec, cfg.frames, cfg.seed, loops=cfg.loops)
@@ -112,9 +112,14 @@ def bench_inprocess(frames: list[tuple[np.ndarray, ...]], intr: CameraIntrinsics
     wall = time.perf_counter() - t_all  # includes the loop, for a mean-based rate too
     p50 = {s: 1e3 * statistics.median(v) for s, v in stages.items()}
     p50["latency"] = 1e3 * statistics.median(totals)
-    result = {"keyframes": len(totals), "p50_ms": p50, "voxels": len(pipe.memory),
-              "keyframes_per_s": 1e3 / p50["latency"], "wall_per_s": len(totals) / wall,
-              "head": Path(enc.get("head_path", "none")).name}  # fmt: skip
+    result = {
+        "keyframes": len(totals),
+        "p50_ms": p50,
+        "voxels": len(pipe.memory),
+        "keyframes_per_s": 1e3 / p50["latency"],
+        "wall_per_s": len(totals) / wall,
+        "head": Path(enc.get("head_path", "none")).name,
+    }
     del pipe, bundle
     gc.collect()  # free the encoder before the node process loads its own
     return result
@@ -137,9 +142,18 @@ def bench_node(
     params.write_text(yaml.safe_dump(doc))
     out = work / f"node_run{run}"
     t0 = time.monotonic()
-    res = evaluate(EvalConfig(bag=bag_dir, out=out, rate=replay_rate, params=params,
-                              ground_queries=[], questions=[], progress=False,
-                              verbose=False))  # fmt: skip
+    res = evaluate(
+        EvalConfig(
+            bag=bag_dir,
+            out=out,
+            rate=replay_rate,
+            params=params,
+            ground_queries=[],
+            questions=[],
+            progress=False,
+            verbose=False,
+        )
+    )
     ingest = dict(res.metrics["ingest"])
     ingest["wall_s"] = time.monotonic() - t0
     ingest["node_start_s"] = res.metrics["run"]["timings_s"].get("node_start_s", float("nan"))
@@ -154,8 +168,13 @@ def main() -> int:
     ap.add_argument("--bag", type=Path, help="reuse this bag (made by make-bag)")
     ap.add_argument("--replay-rate", type=float, default=1.0, help="x real time")
     ap.add_argument("--repeat", type=int, default=1, help="node runs (median reported)")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=YAML",
-                    help="a node parameter for the node runs, e.g. objects.crops=false")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=YAML",
+        help="a node parameter for the node runs, e.g. objects.crops=false",
+    )
     args = ap.parse_args()
     import yaml
 
@@ -169,17 +188,24 @@ def main() -> int:
         if args.bag is None:
             args.bag = work / "bag"
             t0 = time.perf_counter()
-            B.make_bag(args.bag, B.BagConfig(seed=args.seed, frames=args.frames,
-                                             rate=args.rate), progress=False)  # fmt: skip
+            B.make_bag(
+                args.bag,
+                B.BagConfig(seed=args.seed, frames=args.frames, rate=args.rate),
+                progress=False,
+            )
             print(f"wrote bag {args.bag} in {time.perf_counter() - t0:.1f} s")
         cfg = bag_config(args.bag)
         if cfg.noise:  # the noise stream is private to make_bag: re-rendering cannot match it
             raise SystemExit(f"{args.bag} has depth noise; use a bag made without --noise")
         cap = cfg.rate * args.replay_rate
-        print(f"bag: {cfg.frames} frames {cfg.width}x{cfg.height} at {cfg.rate:g} Hz, seed "
-              f"{cfg.seed}; replay x{args.replay_rate:g} -> node cap {cap:.2f} keyframes/s")
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads (node "
-              "default ingest.torch_threads=0 is the same)")
+        print(
+            f"bag: {cfg.frames} frames {cfg.width}x{cfg.height} at {cfg.rate:g} Hz, seed "
+            f"{cfg.seed}; replay x{args.replay_rate:g} -> node cap {cap:.2f} keyframes/s"
+        )
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch threads (node "
+            "default ingest.torch_threads=0 is the same)"
+        )
         sys.stdout.flush()
 
         t0 = time.perf_counter()
@@ -187,35 +213,45 @@ def main() -> int:
         print(f"re-rendered {len(frames)} frames in {time.perf_counter() - t0:.1f} s")
         base = bench_inprocess(frames, intr)
         del frames
-        print(f"in-process: {base['keyframes']} keyframes (forced), {base['voxels']} voxels, "
-              f"median {base['p50_ms']['latency']:.1f} ms/keyframe -> "
-              f"{base['keyframes_per_s']:.2f} keyframes/s ({base['wall_per_s']:.2f}/s as count / "
-              f"loop wall; head {base['head']})")
+        print(
+            f"in-process: {base['keyframes']} keyframes (forced), {base['voxels']} voxels, "
+            f"median {base['p50_ms']['latency']:.1f} ms/keyframe -> "
+            f"{base['keyframes_per_s']:.2f} keyframes/s ({base['wall_per_s']:.2f}/s as count / "
+            f"loop wall; head {base['head']})"
+        )
         sys.stdout.flush()
 
         runs: list[dict[str, Any]] = []
         for i in range(args.repeat):
             r = bench_node(args.bag, work, args.replay_rate, i, overrides)
             runs.append(r)
-            print(f"node run {i + 1}/{args.repeat}: {r['keyframes']} keyframes of "
-                  f"{r['frames_received']}/{r['frames_published']} frames received, "
-                  f"{r['keyframes_per_s']:.2f} keyframes/s over {r['ingest_wall_s']:.1f} s "
-                  f"ingest wall, dropped {r['dropped']} {r['drop_reasons'] or '(none)'}; "
-                  f"node start {r['node_start_s']:.1f} s, run {r['wall_s']:.0f} s")
+            print(
+                f"node run {i + 1}/{args.repeat}: {r['keyframes']} keyframes of "
+                f"{r['frames_received']}/{r['frames_published']} frames received, "
+                f"{r['keyframes_per_s']:.2f} keyframes/s over {r['ingest_wall_s']:.1f} s "
+                f"ingest wall, dropped {r['dropped']} {r['drop_reasons'] or '(none)'}; "
+                f"node start {r['node_start_s']:.1f} s, run {r['wall_s']:.0f} s"
+            )
             sys.stdout.flush()
     node_kps = statistics.median(r["keyframes_per_s"] for r in runs)
-    node_p50 = {s: statistics.median(r["keyframe_p50_ms"].get(s, float("nan")) for r in runs)
-                for s in STAGES}  # fmt: skip
-    print(f"node (median of {len(runs)}): {node_kps:.2f} keyframes/s "
-          f"(cap {cap:.2f}: {node_kps / cap:.0%} of it), "
-          f"keyframes {statistics.median(r['keyframes'] for r in runs):g}, "
-          f"dropped {statistics.median(r['dropped'] for r in runs):g}")
+    node_p50 = {
+        s: statistics.median(r["keyframe_p50_ms"].get(s, float("nan")) for r in runs)
+        for s in STAGES
+    }
+    print(
+        f"node (median of {len(runs)}): {node_kps:.2f} keyframes/s "
+        f"(cap {cap:.2f}: {node_kps / cap:.0%} of it), "
+        f"keyframes {statistics.median(r['keyframes'] for r in runs):g}, "
+        f"dropped {statistics.median(r['dropped'] for r in runs):g}"
+    )
     print(f"{'p50 ms':>8} | {'in-process':>10} | {'node':>8}")
     for s in STAGES:
         ours = base["p50_ms"].get(s)
         print(f"{s:>8} | {'-' if ours is None else f'{ours:.1f}':>10} | {node_p50[s]:>8.1f}")
-    print("(latency: in-process = process_frame; node = convert + base_link TF lookup + "
-          "process_frame)")
+    print(
+        "(latency: in-process = process_frame; node = convert + base_link TF lookup + "
+        "process_frame)"
+    )
     print(f"total {time.perf_counter() - t_start:.0f} s")
     print(f"node_vs_inprocess_encode_p50: {node_p50['encode'] / base['p50_ms']['encode']:.2f}")
     print(f"node_keyframe_cap_per_s: {cap:.2f}")

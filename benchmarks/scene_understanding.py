@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.seeds import parse_seeds
 from llava3d_ros.eval import render as _render  # noqa: F401  (EGL before OpenGL)
-from llava3d_ros.eval.bag import BagConfig, Walkthrough
+from llava3d_ros.sim.bag import BagConfig, Walkthrough
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llava3d_ros"
 
@@ -89,7 +89,7 @@ def run_room(pipe: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
     from llava3d_ros.core.questions import parse_question
     from llava3d_ros.core.spatial import Viewpoint
     from llava3d_ros.eval import metrics as M
-    from llava3d_ros.eval.expressions import SceneObject, object_by_id
+    from llava3d_ros.sim.expressions import SceneObject, object_by_id
 
     cam = doc["camera"]
     intr = CameraIntrinsics(cam["fx"], cam["fy"], cam["cx"], cam["cy"], cam["width"], cam["height"])
@@ -121,13 +121,19 @@ def run_room(pipe: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
         pred = out.boxes[0] if out.code == "ok" and out.boxes else None
         s = M.score_grounding(pred, target.box(), target.aabb_min, target.aabb_max)
         top = out.matches[0] if getattr(out, "matches", None) else None
-        ground.append({"query": g["query"], "kind": g["kind"], "iou": s["iou"],
-                       "top": pred.label if pred else None,
-                       "top_score": top.score if top else None,
-                       "top_label_score": top.instance.label_score if top else None,
-                       "cause": _cause(pipe, g["query"], target, viewpoint)})  # fmt: skip
+        ground.append(
+            {
+                "query": g["query"],
+                "kind": g["kind"],
+                "iou": s["iou"],
+                "top": pred.label if pred else None,
+                "top_score": top.score if top else None,
+                "top_label_score": top.instance.label_score if top else None,
+                "cause": _cause(pipe, g["query"], target, viewpoint),
+            }
+        )
     # Objects that are not in the room: a grounding answer is a false positive.
-    from llava3d_ros.eval.assets import CATEGORIES
+    from llava3d_ros.sim.assets import CATEGORIES
 
     present = {o.category for o in objects}
     rng = np.random.default_rng(int(doc["generator"]["seed"]))
@@ -160,10 +166,23 @@ def run_room(pipe: Any, doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> d
         code, answer, _msg = pipe.ask_spatial(parsed, viewpoint)
         text = answer.text if answer is not None else ""
         ok = M.answered({"ok": "NONE", "no_match": "NO_MATCH"}.get(code, code), q["answer"])
-        qa.append({"question": q["question"], "kind": q["kind"], "expected": q["answer"],
-                   "answer": text, "correct": M.score_answer(q["answer"], text, ok)})  # fmt: skip
-    return {"ground": ground, "qa": qa, "absent": absent, "ground_s": lat, "ingest_s": ingest_s,
-            "keyframes": pipe.memory.stats().frames_integrated}  # fmt: skip
+        qa.append(
+            {
+                "question": q["question"],
+                "kind": q["kind"],
+                "expected": q["answer"],
+                "answer": text,
+                "correct": M.score_answer(q["answer"], text, ok),
+            }
+        )
+    return {
+        "ground": ground,
+        "qa": qa,
+        "absent": absent,
+        "ground_s": lat,
+        "ingest_s": ingest_s,
+        "keyframes": pipe.memory.stats().frames_integrated,
+    }
 
 
 def _cause(pipe: Any, query: str, target: Any, viewpoint: Any) -> str:
@@ -180,8 +199,9 @@ def _cause(pipe: Any, query: str, target: Any, viewpoint: Any) -> str:
     if not ious or max(ious) < 0.25:
         return f"segmentation (best instance IoU {max(ious, default=0):.2f})"
     best = snap.instances[int(np.argmax(ious))].id
-    ranked = rank_instances(pipe.parse(query), snap, pipe.vocabulary, viewpoint,
-                            pipe.config.object_grounding)  # fmt: skip
+    ranked = rank_instances(
+        pipe.parse(query), snap, pipe.vocabulary, viewpoint, pipe.config.object_grounding
+    )
     for r, m in enumerate(ranked):
         if m.instance.id == best:
             return (
@@ -219,9 +239,10 @@ def summarize(rooms: list[dict[str, Any]]) -> dict[str, Any]:
         by_kind[r["kind"]].append(r)
     for kind, recs in [("all", ground), *sorted(by_kind.items())]:
         out["grounding"][kind] = {
-            "n": len(recs), "acc_at_0_25": round(acc(recs, 0.25), 3),
+            "n": len(recs),
+            "acc_at_0_25": round(acc(recs, 0.25), 3),
             "acc_at_0_5": round(acc(recs, 0.5), 3),
-        }  # fmt: skip
+        }
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in qa:
         by_type[qa_type(r)].append(r)
@@ -276,11 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         rooms.append(room)
         s = summarize([room])
         g, q = s["grounding"]["all"], s["qa"]["all"]
-        print(f"seed {seed}: grounding n={g['n']} Acc@0.25 {g['acc_at_0_25']:.2f} "
-              f"Acc@0.5 {g['acc_at_0_5']:.2f} | QA n={q['n']} {q['accuracy']:.2f} | "
-              f"absent answered {s['absent_false_positive_rate']} | "
-              f"{room['keyframes']} keyframes, ingest {room['ingest_s']:.0f} s, "
-              f"load {load_s:.0f} s", flush=True)  # fmt: skip
+        print(
+            f"seed {seed}: grounding n={g['n']} Acc@0.25 {g['acc_at_0_25']:.2f} "
+            f"Acc@0.5 {g['acc_at_0_5']:.2f} | QA n={q['n']} {q['accuracy']:.2f} | "
+            f"absent answered {s['absent_false_positive_rate']} | "
+            f"{room['keyframes']} keyframes, ingest {room['ingest_s']:.0f} s, "
+            f"load {load_s:.0f} s",
+            flush=True,
+        )
         if args.verbose:
             for r in room["ground"]:
                 if r["iou"] < 0.25:

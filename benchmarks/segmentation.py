@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/segmentation.py [--seeds 1000-1011] [--frames 100]
         [--noise both|clean|noisy] [--cache /tmp/llava3d_segbench] [--repeats 3]
 
-For each room seed: compose the room (``llava3d_ros.eval.scene.compose_room(seed, 6)``),
+For each room seed: compose the room (``llava3d_ros.sim.scene.compose_room(seed, 6)``),
 render a 640x480 walk-through of ``--frames`` frames along ``walkthrough_poses`` (one lap,
 what ``llava3d-ros make-bag`` renders), fuse every frame with its ground-truth pose into a
 :class:`TsdfMap` (clean depth, and/or depth through ``add_depth_noise``, the project's
@@ -82,7 +82,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import llava3d_ros.eval.render as render
+import llava3d_ros.sim.render as render
 from benchmarks.seeds import parse_seeds
 from llava3d_ros.core.objects.segmentation import (
     Segmentation,
@@ -92,9 +92,9 @@ from llava3d_ros.core.objects.segmentation import (
 from llava3d_ros.core.objects.tracking import InstanceTracker
 from llava3d_ros.core.objects.tsdf import GeometryConfig, SurfacePoints, TsdfMap
 from llava3d_ros.core.spatial import Box3D
-from llava3d_ros.eval.bag import add_depth_noise
-from llava3d_ros.eval.expressions import objects_from_spec
-from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, walkthrough_poses
+from llava3d_ros.sim.bag import add_depth_noise
+from llava3d_ros.sim.expressions import objects_from_spec
+from llava3d_ros.sim.scene import build_pyrender_scene, compose_room, walkthrough_poses
 
 TRACK_EVERY = 10  # frames between segmentations fed to the tracker
 GT_DEPTH_TOL = 0.03  # metres (+ 1 % of the depth) for a projected point to take a vote

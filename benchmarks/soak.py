@@ -4,7 +4,7 @@
         [--frames 60] [--rate 30] [--width 640] [--height 480] [--seed 0] [--bag DIR]
         [--params FILE] [--node-env KEY=VALUE ...] [--report-s 60] [--out DIR]
 
-(1) A walk-through bag is written with ``llava3d_ros.eval.bag.make_bag`` into a temp dir
+(1) A walk-through bag is written with ``llava3d_ros.sim.bag.make_bag`` into a temp dir
     (``--frames`` at ``--rate``; ``--bag DIR`` reuses one). Its messages are read once.
 (2) The node starts in its own process (``llava3d-ros up``) with its default parameters
     (``--params`` adds a params file), on the wall clock (no use_sim_time). DDS settings
@@ -53,8 +53,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llava3d_ros.eval import bag as B
 from llava3d_ros.eval.evaluate import prepare_ros_environment
+from llava3d_ros.sim import bag as B
 
 
 @dataclass
@@ -81,8 +81,12 @@ def load_frames(bag_dir: Path) -> tuple[Any, list[Frame]]:
             if conn.topic == B.TF_STATIC_TOPIC:
                 static = msg
                 continue
-            key = {B.TF_TOPIC: "tf", B.INFO_TOPIC: "info", B.DEPTH_TOPIC: "depth",
-                   B.COLOR_TOPIC: "color"}[conn.topic]  # fmt: skip
+            key = {
+                B.TF_TOPIC: "tf",
+                B.INFO_TOPIC: "info",
+                B.DEPTH_TOPIC: "depth",
+                B.COLOR_TOPIC: "color",
+            }[conn.topic]
             pending[key] = msg
             if key == "color":  # the bag writes tf, info, depth, colour per frame
                 frames.append(Frame(**pending))
@@ -234,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bag", type=Path, default=None, help="reuse this bag directory")
     ap.add_argument("--params", type=Path, default=None, help="extra node params file")
-    ap.add_argument("--node-env", action="append", default=[], metavar="KEY=VALUE",
-                    help="environment of the node process (e.g. MALLOC_ARENA_MAX=2)")  # fmt: skip
+    ap.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the node process (e.g. MALLOC_ARENA_MAX=2)",
+    )
     ap.add_argument("--report-s", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=None, help="directory for the node's log")
     args = ap.parse_args(argv)
@@ -250,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     if bag_dir is None:
         bag_dir = tmp / "bag"
         t = time.monotonic()
-        config = B.BagConfig(seed=args.seed, frames=args.frames, rate=args.rate,
-                             width=args.width, height=args.height)  # fmt: skip
+        config = B.BagConfig(
+            seed=args.seed, frames=args.frames, rate=args.rate, width=args.width, height=args.height
+        )
         B.make_bag(bag_dir, config, progress=False)
-        print(f"bag: {args.frames} frames {args.width}x{args.height} at {args.rate:g} Hz "
-              f"in {time.monotonic() - t:.0f} s -> {bag_dir}", flush=True)  # fmt: skip
+        print(
+            f"bag: {args.frames} frames {args.width}x{args.height} at {args.rate:g} Hz "
+            f"in {time.monotonic() - t:.0f} s -> {bag_dir}",
+            flush=True,
+        )
 
     import rclpy
     from rclpy.context import Context
@@ -270,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.params is not None:
         cmd += ["--params", str(args.params)]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=node_env)
-    print(f"node pid {proc.pid}: {' '.join(cmd[1:])}; env {env_set or 'as set'} "
-          f"{' '.join(args.node_env)}; log {log_path}", flush=True)  # fmt: skip
+    print(
+        f"node pid {proc.pid}: {' '.join(cmd[1:])}; env {env_set or 'as set'} "
+        f"{' '.join(args.node_env)}; log {log_path}",
+        flush=True,
+    )
 
     context = Context()
     rclpy.init(context=context)
@@ -311,9 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             kf = int(stats.keyframes_integrated - last_stats.keyframes_integrated)
             drops = _drops(stats) - _drops(last_stats)
             row = {
-                "minute": (now - t0) / 60.0, "rss": rss, "anon": anon,
+                "minute": (now - t0) / 60.0,
+                "rss": rss,
+                "anon": anon,
                 "keyframes": int(stats.keyframes_integrated),
-            }  # fmt: skip
+            }
             rows.append(row)
             print(
                 f"{row['minute']:5.1f} {pub - last_pub:6d} {recv:6d} {kf:5d} "
@@ -348,12 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     plateau = plateau_index(rss_values)
     max_kf = _max_keyframes(args.params)
     full_at = next((r["minute"] for r in rows if r["keyframes"] >= max_kf), None)
-    print(f"frames published: {publisher.published} ({publisher.late} late by > 1 period); "
-          f"received by the node: {stats.frames_received}; keyframes: "
-          f"{stats.keyframes_integrated}; drops: {dict(_drops(stats)) or 'none'}")  # fmt: skip
-    print(f"RSS MB: after warm-up ({base['minute']:.1f} min) {base['rss']:.0f}, final "
-          f"{final['rss']:.0f}, peak {max(rss_values):.0f}; RssAnon {base['anon']:.0f} -> "
-          f"{final['anon']:.0f}")  # fmt: skip
+    print(
+        f"frames published: {publisher.published} ({publisher.late} late by > 1 period); "
+        f"received by the node: {stats.frames_received}; keyframes: "
+        f"{stats.keyframes_integrated}; drops: {dict(_drops(stats)) or 'none'}"
+    )
+    print(
+        f"RSS MB: after warm-up ({base['minute']:.1f} min) {base['rss']:.0f}, final "
+        f"{final['rss']:.0f}, peak {max(rss_values):.0f}; RssAnon {base['anon']:.0f} -> "
+        f"{final['anon']:.0f}"
+    )
     after = [r for r in rows if r["minute"] >= base["minute"]]
     trend = slope_per_minute([r["minute"] for r in after], [r["rss"] for r in after])
     print(f"RSS trend after warm-up: {trend:+.1f} MB/min over {len(after)} reports")

@@ -58,14 +58,14 @@ _COMMANDS: dict[str, tuple[str, str, _Adder]] = {
         _add_info,
     ),
     "train-head": (
-        "llava3d_ros.eval.train_head:run",
+        "llava3d_ros.train.train_head:run",
         "render the head data set and train the default DINOv2 -> MiniLM alignment head",
-        _module_adder("llava3d_ros.eval.train_head"),
+        _module_adder("llava3d_ros.train.train_head"),
     ),
     "make-bag": (
-        "llava3d_ros.eval.bag:run",
+        "llava3d_ros.sim.bag:run",
         "render a synthetic RGB-D walk-through of a composed room into a rosbag2 + scene.json",
-        _module_adder("llava3d_ros.eval.bag"),
+        _module_adder("llava3d_ros.sim.bag"),
     ),
     "eval": (
         "llava3d_ros.eval.evaluate:run",

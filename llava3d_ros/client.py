@@ -106,13 +106,21 @@ class SceneObjectInfo:
     def from_msg(cls, m: Any) -> SceneObjectInfo:
         p, q = m.center.position, m.center.orientation
         return cls(
-            int(m.id), m.role, m.label, float(m.label_score),
+            int(m.id),
+            m.role,
+            m.label,
+            float(m.label_score),
             list(zip(m.top_labels, (float(v) for v in m.top_scores), strict=False)),
-            m.color, np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w]),
-            np.array([m.size.x, m.size.y, m.size.z]), int(m.support_id), int(m.num_points),
-            int(m.num_observations), m.first_seen.sec + m.first_seen.nanosec * 1e-9,
+            m.color,
+            np.array([p.x, p.y, p.z]),
+            np.array([q.x, q.y, q.z, q.w]),
+            np.array([m.size.x, m.size.y, m.size.z]),
+            int(m.support_id),
+            int(m.num_points),
+            int(m.num_observations),
+            m.first_seen.sec + m.first_seen.nanosec * 1e-9,
             m.last_seen.sec + m.last_seen.nanosec * 1e-9,
-        )  # fmt: skip
+        )
 
 
 def cloud_to_points(msg: Any) -> np.ndarray:
@@ -192,10 +200,13 @@ class LockedActionClient(ActionClient):
         )
         self._send_lock = threading.Lock()
         super().__init__(
-            node, action_type, action_name,
-            goal_service_qos_profile=qos, result_service_qos_profile=qos,
+            node,
+            action_type,
+            action_name,
+            goal_service_qos_profile=qos,
+            result_service_qos_profile=qos,
             cancel_service_qos_profile=qos,
-        )  # fmt: skip
+        )
 
     def send_goal_async(
         self, goal: Any, feedback_callback: Any = None, goal_uuid: Any = None
@@ -374,7 +385,7 @@ class Llava3DClient:
             "_to_ask": AskResult,
             "_to_describe": DescribeResult,
         }[convert.__name__]
-        return result_type(ok=False, error_code=-1, error_name=name, message=message)  # type: ignore[return-value]
+        return result_type(ok=False, error_code=-1, error_name=name, message=message)
 
     # ------------------------------------------------------------------ calls
 
@@ -406,8 +417,14 @@ class Llava3DClient:
         )
         return self._send_staged(self._ground, goal, self._to_ground, feedback)
 
-    def ground(self, query: str, max_results: int = 0, min_score: float = 0.0,
-               target_frame: str = "", timeout: float = 30.0) -> GroundResult:  # fmt: skip
+    def ground(
+        self,
+        query: str,
+        max_results: int = 0,
+        min_score: float = 0.0,
+        target_frame: str = "",
+        timeout: float = 30.0,
+    ) -> GroundResult:
         return self.ground_async(query, max_results, min_score, target_frame).result(timeout)
 
     def segment_async(
@@ -423,8 +440,14 @@ class Llava3DClient:
         )
         return self._send_staged(self._segment, goal, self._to_segment, feedback)
 
-    def segment(self, query: str, max_results: int = 0, min_score: float = 0.0,
-                target_frame: str = "", timeout: float = 30.0) -> SegmentResult:  # fmt: skip
+    def segment(
+        self,
+        query: str,
+        max_results: int = 0,
+        min_score: float = 0.0,
+        target_frame: str = "",
+        timeout: float = 30.0,
+    ) -> SegmentResult:
         """Instances an expression refers to, with boxes and surface points."""
         return self.segment_async(query, max_results, min_score, target_frame).result(timeout)
 
@@ -460,9 +483,13 @@ class Llava3DClient:
     ) -> QueryHandle[AskResult]:
         """``on_partial(stage, answer_so_far)`` sees the streamed answer."""
         goal = Ask.Goal(
-            question=question, mode=mode, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, target_frame=target_frame,
-        )  # fmt: skip
+            question=question,
+            mode=mode,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            target_frame=target_frame,
+        )
         cb = None
         if on_partial is not None:
             cb = lambda m: on_partial(m.feedback.stage, m.feedback.partial_answer)  # noqa: E731
@@ -488,6 +515,11 @@ class Llava3DClient:
         goal.size.x, goal.size.y, goal.size.z = map(float, size)
         return QueryHandle(self, self._describe.send_goal_async(goal), self._to_describe)
 
-    def describe(self, point: Sequence[float], size: Sequence[float] = (0.0, 0.0, 0.0),
-                 frame_id: str = "", timeout: float = 60.0) -> DescribeResult:  # fmt: skip
+    def describe(
+        self,
+        point: Sequence[float],
+        size: Sequence[float] = (0.0, 0.0, 0.0),
+        frame_id: str = "",
+        timeout: float = 60.0,
+    ) -> DescribeResult:
         return self.describe_async(point, size, frame_id).result(timeout)

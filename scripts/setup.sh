@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot, idempotent environment setup for a Debian 12 / Python 3.11 machine with
-# no ROS installed: apt packages, .venv with torch + ROS 2 Jazzy wheels + the rest,
-# the interface packages built into the venv, and llava3d_ros installed editable.
+# no ROS installed: apt packages, .venv with torch + ROS 2 Jazzy wheels, the interface
+# packages built into the venv, and llava3d_ros installed editable with its extras.
 # `make setup` calls this only when one of its inputs changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,17 +33,18 @@ fi
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # torch first, from the machine's local CPU build; the constraint keeps it there.
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || { log "pip: torch"; "${pip[@]}" install -c constraints.txt torch==2.13.0; }
-log "pip: requirements"
-"${pip[@]}" install -c constraints.txt -r requirements.txt
+log "pip: ROS 2 wheels (this machine has no ROS install)"
+"${pip[@]}" install -c constraints.txt -r requirements/ros-wheels.txt
+
+# --- the package itself, editable, with its dependencies (setup.cfg) and the extras this
+# checkout uses: evaluation, head training, development tools.
+log "pip: llava3d_ros[eval,train,dev] (editable)"
+"${pip[@]}" install -c constraints.txt --no-build-isolation -e ".[eval,train,dev]"
 
 # --- ROS 2 interface packages, built into the venv (nothing to source at run time).
 log "building interface packages"
 mkdir -p build/ros2_ws
 scripts/build_interfaces.sh "$VENV" build/ros2_ws tf2_msgs llava3d_interfaces
-
-# --- the package itself, editable, with the llava3d-ros console command.
-log "pip: llava3d_ros (editable)"
-"${pip[@]}" install -c constraints.txt --no-deps --no-build-isolation -e .
 
 "$VENV/bin/python" - <<'PY'
 import torch, rclpy, open3d  # noqa: F401

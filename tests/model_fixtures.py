@@ -24,22 +24,39 @@ def make_tiny_clip(out: Path, seed: int = 0) -> Path:
     (tok_dir / "merges.txt").write_text("#version: 0.2\n")
     (tok_dir / "tokenizer_config.json").write_text(
         json.dumps(
-            {"tokenizer_class": "CLIPTokenizer", "unk_token": "<|endoftext|>",
-             "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-             "pad_token": "<|endoftext|>", "model_max_length": 77}
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "unk_token": "<|endoftext|>",
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "model_max_length": 77,
+            }
         )
-    )  # fmt: skip
+    )
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokens), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": CLIP_WIDTH, "intermediate_size": 64,
-                       "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 56,
-                       "patch_size": 14},
+        text_config={
+            "vocab_size": len(tokens),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": CLIP_WIDTH,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 56,
+            "patch_size": 14,
+        },
         projection_dim=24,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -52,7 +69,7 @@ def make_tiny_lmm(out: Path, seed: int = 0, never_eos: bool = True) -> Path:
     the ~60 random logits is positive (all negative has probability ~2^-60), so greedy
     generation runs to max_new_tokens: long enough to cancel deterministically."""
     from llava3d_ros.core.lmm import write_official_checkpoint
-    from llava3d_ros.core.lmm.testing import make_tiny_model, make_word_tokenizer
+    from tests.lmm_fixtures import make_tiny_model, make_word_tokenizer
 
     tokenizer = make_word_tokenizer()
     model = make_tiny_model(

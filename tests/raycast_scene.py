@@ -32,8 +32,9 @@ def table_scene(boxes: Sequence[Part] = ()) -> list[Part]:
         Part("table", (-0.6, -0.4, 0.72), (0.6, 0.4, TABLE_TOP_Z), (120, 80, 40)),
     ]
     for i, (x, y) in enumerate(((-0.55, -0.35), (0.55, -0.35), (-0.55, 0.35), (0.55, 0.35))):
-        parts.append(Part(f"leg{i}", (x - 0.03, y - 0.03, 0.0), (x + 0.03, y + 0.03, 0.72),
-                          (120, 80, 40)))  # fmt: skip
+        parts.append(
+            Part(f"leg{i}", (x - 0.03, y - 0.03, 0.0), (x + 0.03, y + 0.03, 0.72), (120, 80, 40))
+        )
     if not boxes:
         top = TABLE_TOP_Z
         boxes = (

@@ -9,7 +9,8 @@ Conventions (ROS):
   ``header.frame_id`` is ``a`` and ``child_frame_id`` is ``b``.
 - Quaternions are ``(x, y, z, w)``, the order of geometry_msgs/Quaternion.
 
-Everything here is numpy only, so it runs in the ROS nodes, the evaluator and tests alike.
+Everything here is numpy and scipy (rotations), so it runs in the ROS nodes, the evaluator
+and tests alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "SUPPORTED_DEPTH_ENCODINGS",
@@ -49,9 +51,6 @@ __all__ = [
 # went through float32 (e.g. a TF tree composed in float32), tight enough to reject scale.
 _ROTATION_ATOL = 1e-4
 _BOTTOM_ROW_ATOL = 1e-6
-# Below this |q0 . q1| distance from 1, slerp falls back to normalised lerp: sin(theta)
-# is too small to divide by and the two are equal to well below float64 precision of use.
-_SLERP_LINEAR_THRESHOLD = 1.0 - 1e-9
 
 
 class DistortionIgnoredWarning(UserWarning):
@@ -319,85 +318,46 @@ def quaternion_normalize(q: ArrayLike) -> NDArray[np.float64]:
     return qq / n
 
 
+def _rotations(q: ArrayLike) -> tuple[Rotation, tuple[int, ...]]:
+    """scipy Rotation of quaternion(s) (..., 4) xyzw (validated, normalised), and the
+    leading shape (scipy takes one or (N, 4))."""
+    qq = quaternion_normalize(q)
+    return Rotation.from_quat(qq.reshape(-1, 4)), qq.shape[:-1]
+
+
 def quaternion_to_rotation_matrix(q: ArrayLike) -> NDArray[np.float64]:
     """Rotation matrix (..., 3, 3) of quaternion(s) (..., 4) xyzw (normalised first)."""
-    x, y, z, w = np.moveaxis(quaternion_normalize(q), -1, 0)
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz = x * y, x * z, y * z
-    wx, wy, wz = w * x, w * y, w * z
-    r = np.stack(
-        [
-            1.0 - 2.0 * (yy + zz), 2.0 * (xy - wz), 2.0 * (xz + wy),
-            2.0 * (xy + wz), 1.0 - 2.0 * (xx + zz), 2.0 * (yz - wx),
-            2.0 * (xz - wy), 2.0 * (yz + wx), 1.0 - 2.0 * (xx + yy),
-        ],
-        axis=-1,
-    )  # fmt: skip
-    return r.reshape((*r.shape[:-1], 3, 3))
+    rot, lead = _rotations(q)
+    return rot.as_matrix().reshape((*lead, 3, 3))
 
 
 def quaternion_from_rotation_matrix(r: ArrayLike) -> NDArray[np.float64]:
-    """Unit quaternion(s) (..., 4) xyzw of rotation matrix(es) (..., 3, 3), with w >= 0.
-
-    Picks, per matrix, the formula whose square root argument is largest (the largest of
-    4w^2, 4x^2, 4y^2, 4z^2), which stays accurate for 180-degree rotations where the
-    trace formula divides by ~0.
-    """
+    """Unit quaternion(s) (..., 4) xyzw of rotation matrix(es) (..., 3, 3), with w >= 0
+    (scipy's branch choice stays accurate for 180-degree rotations)."""
     m = np.asarray(r, dtype=np.float64)
     if m.shape[-2:] != (3, 3):
         raise ValueError(f"rotation matrix must have shape (..., 3, 3), got {m.shape}")
     if not np.all(np.isfinite(m)):
         raise ValueError("rotation matrix must be finite")
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    # 4*{w,x,y,z}^2 for each of the four branches; clip so unused branches stay finite.
-    t = np.stack(
-        [1.0 + m00 + m11 + m22, 1.0 + m00 - m11 - m22,
-         1.0 - m00 + m11 - m22, 1.0 - m00 - m11 + m22],
-        axis=-1,
-    )  # fmt: skip
-    s = 2.0 * np.sqrt(np.maximum(t, 1e-300))  # = 4 * |component|
-    cand = np.stack(
-        [
-            np.stack([(m21 - m12) / s[..., 0], (m02 - m20) / s[..., 0],
-                      (m10 - m01) / s[..., 0], 0.25 * s[..., 0]], axis=-1),
-            np.stack([0.25 * s[..., 1], (m01 + m10) / s[..., 1],
-                      (m02 + m20) / s[..., 1], (m21 - m12) / s[..., 1]], axis=-1),
-            np.stack([(m01 + m10) / s[..., 2], 0.25 * s[..., 2],
-                      (m12 + m21) / s[..., 2], (m02 - m20) / s[..., 2]], axis=-1),
-            np.stack([(m02 + m20) / s[..., 3], (m12 + m21) / s[..., 3],
-                      0.25 * s[..., 3], (m10 - m01) / s[..., 3]], axis=-1),
-        ],
-        axis=-2,
-    )  # fmt: skip
-    best = np.argmax(t, axis=-1)
-    q = np.take_along_axis(cand, best[..., None, None], axis=-2)[..., 0, :]
-    q = q * np.where(q[..., 3:4] < 0.0, -1.0, 1.0)  # canonical sign: w >= 0
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+    q = Rotation.from_matrix(m.reshape(-1, 3, 3)).as_quat(canonical=True)
+    return np.asarray(q, dtype=np.float64).reshape((*m.shape[:-2], 4))
 
 
 def quaternion_slerp(q0: ArrayLike, q1: ArrayLike, alpha: float) -> NDArray[np.float64]:
     """Spherical linear interpolation along the shorter arc; alpha=0 -> q0, 1 -> q1.
 
-    Alpha outside [0, 1] extrapolates along the same great circle.
+    Alpha outside [0, 1] extrapolates along the same great circle (scipy's ``Slerp``
+    refuses to, so this scales the relative rotation vector, which is the same arc).
     """
     a = _as_finite_float("alpha", alpha)
-    p0 = quaternion_normalize(q0)
-    p1 = quaternion_normalize(q1)
+    p0, p1 = quaternion_normalize(q0), quaternion_normalize(q1)
     if p0.shape != (4,) or p1.shape != (4,):
         raise ValueError("quaternion_slerp takes single (4,) quaternions")
-    dot = float(np.dot(p0, p1))
-    if dot < 0.0:  # q and -q are the same rotation: take the short way round
-        p1 = -p1
-        dot = -dot
-    if dot > _SLERP_LINEAR_THRESHOLD:
-        q = (1.0 - a) * p0 + a * p1
-    else:
-        theta = math.acos(min(dot, 1.0))
-        sin_theta = math.sin(theta)
-        q = (math.sin((1.0 - a) * theta) * p0 + math.sin(a * theta) * p1) / sin_theta
-    return q / np.linalg.norm(q)
+    r0 = Rotation.from_quat(p0)
+    step = Rotation.from_rotvec(a * (r0.inv() * Rotation.from_quat(p1)).as_rotvec())
+    q = np.asarray((r0 * step).as_quat(), dtype=np.float64)
+    # q and -q are the same rotation: answer in q0's hemisphere, as the arc from q0 runs.
+    return q if float(np.dot(q, p0)) >= 0.0 else -q
 
 
 # --------------------------------------------------------------------------- SE(3)
@@ -497,9 +457,7 @@ def rotation_angle_between(t0: ArrayLike, t1: ArrayLike) -> float:
     """Angle in radians, in [0, pi], of the rotation taking t0's orientation to t1's."""
     m0 = validate_transform(t0, "t0")
     m1 = validate_transform(t1, "t1")
-    q = quaternion_from_rotation_matrix(m0[:3, :3].T @ m1[:3, :3])
-    # atan2 form: accurate for small angles, where acos((trace - 1) / 2) loses digits.
-    return float(2.0 * math.atan2(float(np.linalg.norm(q[:3])), abs(float(q[3]))))
+    return float(Rotation.from_matrix(m0[:3, :3].T @ m1[:3, :3]).magnitude())
 
 
 def translation_between(t0: ArrayLike, t1: ArrayLike) -> float:

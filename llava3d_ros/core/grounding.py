@@ -387,7 +387,7 @@ class Grounder:
         timings["boxes"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
 
-        common = {
+        common: dict[str, Any] = {
             "voxel_scores": scores,
             "voxel_cluster": voxel_cluster.to(dev),
             "max_voxel_score": max_score,
@@ -569,8 +569,8 @@ class Grounder:
         mid = (llo + lhi) / 2.0
         center_xy = np.array([c * mid[0] - s * mid[1], s * mid[0] + c * mid[1]])
         return Box3D(
-            center=[center_xy[0], center_xy[1], aabb.center[2]],
-            size=[lhi[0] - llo[0], lhi[1] - llo[1], aabb.size[2]],
+            center=np.array([center_xy[0], center_xy[1], aabb.center[2]]),
+            size=np.array([lhi[0] - llo[0], lhi[1] - llo[1], aabb.size[2]]),
             yaw=yaw,
             label=label,
             score=score,

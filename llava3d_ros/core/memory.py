@@ -1154,7 +1154,7 @@ def _checksum(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> st
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -105,9 +105,23 @@ class LiftConfig:
 
 #: Names a described region is matched against when nothing else is configured.
 DEFAULT_DESCRIBE_VOCABULARY: tuple[str, ...] = (
-    "mug", "cup", "bowl", "plate", "bottle", "can", "box", "book", "pan", "basket",
-    "table", "chair", "cabinet", "shelf", "floor", "wall",
-)  # fmt: skip
+    "mug",
+    "cup",
+    "bowl",
+    "plate",
+    "bottle",
+    "can",
+    "box",
+    "book",
+    "pan",
+    "basket",
+    "table",
+    "chair",
+    "cabinet",
+    "shelf",
+    "floor",
+    "wall",
+)
 
 
 @dataclass(frozen=True)
@@ -199,7 +213,7 @@ def _dataclass_from(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = set(values) - set(names)
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known {sorted(names)}")
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in values.items():
         default = getattr(cls(), key)
         try:
@@ -281,10 +295,14 @@ class ScenePipeline:
             self.vocabulary = self._label_vocabulary()
             can_crop = self.vocabulary is not None and GROUND in bundle.image.feature_dims
             self.objects = ObjectMap(
-                config.objects, config.geometry, config.segmentation, config.tracking,
-                self.vocabulary, self._encode_crops if can_crop else None,
+                config.objects,
+                config.geometry,
+                config.segmentation,
+                config.tracking,
+                self.vocabulary,
+                self._encode_crops if can_crop else None,
                 bundle.image.geometry,
-            )  # fmt: skip
+            )
         self._known_phrases = self._vocabulary_phrases()
 
     def _label_vocabulary(self) -> LabelVocabulary | None:
@@ -413,9 +431,15 @@ class ScenePipeline:
                 t0 = time.perf_counter()
                 ground = encoded.get(GROUND)
                 self.objects.integrate(
-                    rgb, depth, intrinsics, t_map_camera, stamp_s, robot_position,
-                    ground[0] if ground is not None else None, self.bundle.image.geometry,
-                )  # fmt: skip
+                    rgb,
+                    depth,
+                    intrinsics,
+                    t_map_camera,
+                    stamp_s,
+                    robot_position,
+                    ground[0] if ground is not None else None,
+                    self.bundle.image.geometry,
+                )
                 timings["objects"] = time.perf_counter() - t0
             self.keyframes.accept(t_map_camera, stamp_s)
             return FrameOutcome(reason, len(lifted), stats, timings)
@@ -504,10 +528,11 @@ class ScenePipeline:
                 # an absent object); it stays for parts and phrases outside the labels.
                 return GroundOutcome(
                     NO_MATCH,
-                    f"no object matches {query.strip()!r} (no instance scores "
-                    f">= {threshold:g})",
-                    [], voxels, timings,
-                )  # fmt: skip
+                    f"no object matches {query.strip()!r} (no instance scores >= {threshold:g})",
+                    [],
+                    voxels,
+                    timings,
+                )
         if cancel is not None and cancel():
             return GroundOutcome(CANCELED, "cancelled", [], voxels, timings)
         return self._ground_voxels(
@@ -639,10 +664,12 @@ class ScenePipeline:
                 return EMPTY_MEMORY, None, "nothing has been integrated yet"
             snap = objects.snapshot()
             answer = answer_object_question(
-                parsed, snap,
+                parsed,
+                snap,
                 lambda ph: self._instance_rows(ph, snap, viewpoint, og.question_min_score),
-                viewpoint, og.oriented,
-            )  # fmt: skip
+                viewpoint,
+                og.oriented,
+            )
             return (NO_MATCH, answer, answer.text) if answer.missing else (OK, answer, "")
         boxes: dict[str, list[Box3D]] = {}
         for i, phrase in enumerate(parsed.phrases):
@@ -657,9 +684,11 @@ class ScenePipeline:
                 boxes[phrase] = [result_box_of(snap.instances[r], og.oriented) for r in rows]
                 continue
             outcome = self.ground(
-                phrase, cancel=cancel, viewpoint=viewpoint,
+                phrase,
+                cancel=cancel,
+                viewpoint=viewpoint,
                 instance_min_score=og.question_min_score,
-            )  # fmt: skip
+            )
             if outcome.code in (OK, NO_MATCH):
                 boxes[phrase] = outcome.boxes
             else:
@@ -763,9 +792,14 @@ class ScenePipeline:
         ]
         code = CANCELED if answer.cancelled else OK
         return LmmOutcome(
-            code, "cancelled" if answer.cancelled else "", answer.text, boxes,
-            answer.num_tokens, int(answer.scene_tokens), timings,
-        )  # fmt: skip
+            code,
+            "cancelled" if answer.cancelled else "",
+            answer.text,
+            boxes,
+            answer.num_tokens,
+            int(answer.scene_tokens),
+            timings,
+        )
 
     # ------------------------------------------------------------------ memory admin
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llava3d_ros.core.referring import (
@@ -175,11 +175,23 @@ _SCOPE_WORDS = frozenset(
 _COUNT_NOISE: tuple[tuple[str, ...], ...] = tuple(
     tuple(p.split())
     for p in (
-        "are there", "is there", "are visible", "do you see", "can you see", "do you count",
-        "can you find", "do i have", "do we have", "in total", "altogether", "total",
-        "can be seen", "exist", "are present",
+        "are there",
+        "is there",
+        "are visible",
+        "do you see",
+        "can you see",
+        "do you count",
+        "can you find",
+        "do i have",
+        "do we have",
+        "in total",
+        "altogether",
+        "total",
+        "can be seen",
+        "exist",
+        "are present",
     )
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,7 @@ class ParsedQuestion:
 @dataclass
 class SpatialAnswer:
     text: str
-    value: bool | float | int | str | None
+    value: bool | float | int | str | tuple[float, ...] | None  # a where-answer is a point
     objects: list[Box3D] = field(default_factory=list)  # boxes the answer refers to
     missing: list[str] = field(default_factory=list)  # phrases that grounded to nothing
 
@@ -299,7 +311,7 @@ def parse_question(question: str) -> ParsedQuestion | None:
     return None
 
 
-def _fmt_point(p: Sequence[float]) -> str:
+def _fmt_point(p: Iterable[float]) -> str:
     return "(" + ", ".join(f"{v:.2f}" for v in p) + ")"
 
 

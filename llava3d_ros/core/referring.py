@@ -316,9 +316,21 @@ SUPERLATIVES: dict[str, str] = {
 
 # Superlative words that before "of" name a part, not a choice ("the top of the box").
 _PARTS = frozenset(
-    ["left", "right", "top", "bottom", "front", "back", "upper", "lower", "middle", "center",
-     "centre", "central"]
-)  # fmt: skip
+    [
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "front",
+        "back",
+        "upper",
+        "lower",
+        "middle",
+        "center",
+        "centre",
+        "central",
+    ]
+)
 
 #: Colour words accepted as attributes (spelling variants are normalised: gray -> grey).
 COLOUR_WORDS: frozenset[str] = _words(
@@ -378,9 +390,20 @@ COMMAND_PHRASES: tuple[str, ...] = _phrases(
 )
 _TRAILING_PHRASES: tuple[tuple[str, ...], ...] = tuple(
     tuple(p.split())
-    for p in ("please", "for me", "to me", "to us", "over here", "here", "thanks",
-              "thank you", "now", "right now", "located")
-)  # fmt: skip
+    for p in (
+        "please",
+        "for me",
+        "to me",
+        "to us",
+        "over here",
+        "here",
+        "thanks",
+        "thank you",
+        "now",
+        "right now",
+        "located",
+    )
+)
 # "... to me" is a destination unless it ends a relation ("next to me", "closest to me").
 _TO_RELATION_WORDS = _words(
     "next close closer closest near nearer nearest adjacent left right side"
@@ -392,9 +415,19 @@ _DETERMINERS = _words(
     "every several many few"
 )
 _NUMBERS = {
-    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9, "ten": 10, "couple": 2, "pair": 2,
-}  # fmt: skip
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "couple": 2,
+    "pair": 2,
+}
 _PLURAL_DETERMINERS = _words("these those all both several many few")
 # Tokens skipped between a noun and its relation phrase ("that is", "which sits",
 # "standing", "right"): a relative clause or an intensifier, never a noun.
@@ -411,17 +444,45 @@ _PRONOUNS = _words("it them this that those these him her one ones other each")
 
 # Irregular and tricky plurals -> singular.
 _IRREGULAR_SINGULAR = {
-    "people": "person", "men": "man", "women": "woman", "children": "child",
-    "mice": "mouse", "geese": "goose", "teeth": "tooth", "feet": "foot",
-    "knives": "knife", "shelves": "shelf", "leaves": "leaf", "loaves": "loaf",
-    "halves": "half", "wolves": "wolf", "scarves": "scarf", "lives": "life",
-    "wives": "wife", "calves": "calf", "cookies": "cookie", "movies": "movie",
-    "pies": "pie", "ties": "tie", "brownies": "brownie", "hoodies": "hoodie",
-    "smoothies": "smoothie", "zombies": "zombie", "selfies": "selfie",
-    "shoes": "shoe", "toes": "toe", "canoes": "canoe", "oboes": "oboe",
-    "potatoes": "potato", "tomatoes": "tomato", "mangoes": "mango", "heroes": "hero",
-    "echoes": "echo", "cacti": "cactus", "dice": "die",
-}  # fmt: skip
+    "people": "person",
+    "men": "man",
+    "women": "woman",
+    "children": "child",
+    "mice": "mouse",
+    "geese": "goose",
+    "teeth": "tooth",
+    "feet": "foot",
+    "knives": "knife",
+    "shelves": "shelf",
+    "leaves": "leaf",
+    "loaves": "loaf",
+    "halves": "half",
+    "wolves": "wolf",
+    "scarves": "scarf",
+    "lives": "life",
+    "wives": "wife",
+    "calves": "calf",
+    "cookies": "cookie",
+    "movies": "movie",
+    "pies": "pie",
+    "ties": "tie",
+    "brownies": "brownie",
+    "hoodies": "hoodie",
+    "smoothies": "smoothie",
+    "zombies": "zombie",
+    "selfies": "selfie",
+    "shoes": "shoe",
+    "toes": "toe",
+    "canoes": "canoe",
+    "oboes": "oboe",
+    "potatoes": "potato",
+    "tomatoes": "tomato",
+    "mangoes": "mango",
+    "heroes": "hero",
+    "echoes": "echo",
+    "cacti": "cactus",
+    "dice": "die",
+}
 # Nouns that end in "s" but name one thing (or only come in the plural form).
 _NOT_PLURAL = _words(
     "lens news gas canvas atlas series species chaos kudos swiss christmas yes this its "
@@ -432,8 +493,13 @@ _NOT_PLURAL = _words(
 
 _KEPT_PUNCT = "'-"
 _CONTRACTIONS = {
-    "n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would",
-}  # fmt: skip
+    "n't": " not",
+    "'re": " are",
+    "'m": " am",
+    "'ll": " will",
+    "'ve": " have",
+    "'d": " would",
+}
 _IS_AFTER = _words("where what that it there here who which how when")
 
 
@@ -600,8 +666,11 @@ def _strip_determiners(tokens: Sequence[str], inner: bool = True) -> tuple[list[
     rest = toks[i:]
     if not inner:
         return rest, number
-    out = [t for k, t in enumerate(rest) if not (t in _ARTICLES and k > 0 and rest[k - 1]
-                                                  in ("of", "and"))]  # fmt: skip
+    out = [
+        t
+        for k, t in enumerate(rest)
+        if not (t in _ARTICLES and k > 0 and rest[k - 1] in ("of", "and"))
+    ]
     return out, number
 
 
@@ -656,8 +725,10 @@ def _protected_spans(tokens: Sequence[str], known: _Known) -> list[_Span]:
     spans: list[_Span] = [None] * len(tokens)
     i = 0
     while i < len(tokens):
-        cands = (*known.by_first.get(tokens[i], ()),
-                 *known.by_first.get(_singular_word(tokens[i]), ()))  # fmt: skip
+        cands = (
+            *known.by_first.get(tokens[i], ()),
+            *known.by_first.get(_singular_word(tokens[i]), ()),
+        )
         matched = 0
         for phrase in sorted(cands, key=len, reverse=True):
             n = len(phrase)
@@ -879,8 +950,9 @@ def _noun_phrase(tokens: Sequence[str], known: _Known) -> NounPhrase | None:
     i = 0
     while i < n - 1:  # the head keeps at least one word
         span = spans[i]
-        if span is not None and (i != span[0] or " ".join(body[i + 1 : span[1]])
-                                 not in known.phrases):  # fmt: skip
+        if span is not None and (
+            i != span[0] or " ".join(body[i + 1 : span[1]]) not in known.phrases
+        ):
             break  # inside a protected name: "orange juice" keeps its "orange"
         t = body[i]
         if body[i + 1] == "of":
@@ -999,7 +1071,6 @@ def _parse_tokens(tokens: list[str], known: _Known, original: str = "") -> Refer
         relations.append(Relation(c.value, tuple(anchors), c.negated))
 
     if superlative != target.superlative or attributes != list(target.attributes):
-        target = NounPhrase(target.text, target.head, tuple(attributes), superlative,
-                            target.plural)  # fmt: skip
+        target = NounPhrase(target.text, target.head, tuple(attributes), superlative, target.plural)
     body, _ = _strip_determiners(tokens, inner=False)
     return ReferringExpression(target, tuple(relations), " ".join(body))

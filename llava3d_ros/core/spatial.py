@@ -104,8 +104,9 @@ def convex_polygon_intersection(subject: ArrayLike, clip: ArrayLike) -> NDArray[
     return out
 
 
-def _point_segment_distance(p: NDArray[np.float64], a: NDArray[np.float64],
-                            b: NDArray[np.float64]) -> NDArray[np.float64]:
+def _point_segment_distance(
+    p: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """Distance of points p (K, 2) to segments a->b (S, 2) -> (K, S)."""
     ab = b - a  # (S, 2)
     ap = p[:, None, :] - a[None, :, :]  # (K, S, 2)
@@ -225,8 +226,9 @@ class Box3D:
     def axis_aligned(self) -> Box3D:
         """The smallest axis-aligned box holding this one (same label/score)."""
         c = self.corners()
-        return Box3D.from_min_max(c.min(0), c.max(0), label=self.label, score=self.score,
-                                  num_voxels=self.num_voxels)
+        return Box3D.from_min_max(
+            c.min(0), c.max(0), label=self.label, score=self.score, num_voxels=self.num_voxels
+        )
 
     def intersection_volume(self, other: Box3D) -> float:
         dz = min(self.z_max, other.z_max) - max(self.z_min, other.z_min)
@@ -237,9 +239,11 @@ class Box3D:
             # the ScanRefer formula when yaw == 0).
             d = self.to_local(other.center[None])[0, :2]
             ox = min(self.size[0] / 2, d[0] + other.size[0] / 2) - max(
-                -self.size[0] / 2, d[0] - other.size[0] / 2)
+                -self.size[0] / 2, d[0] - other.size[0] / 2
+            )
             oy = min(self.size[1] / 2, d[1] + other.size[1] / 2) - max(
-                -self.size[1] / 2, d[1] - other.size[1] / 2)
+                -self.size[1] / 2, d[1] - other.size[1] / 2
+            )
             return max(ox, 0.0) * max(oy, 0.0) * dz
         poly = convex_polygon_intersection(self.footprint(), other.footprint())
         return max(polygon_area(poly), 0.0) * dz
@@ -275,8 +279,10 @@ class Box3D:
     def __repr__(self) -> str:
         c = ", ".join(f"{v:.3f}" for v in self.center)
         s = ", ".join(f"{v:.3f}" for v in self.size)
-        return (f"Box3D(center=[{c}], size=[{s}], yaw={self.yaw:.3f}, label={self.label!r}, "
-                f"score={self.score:.3f}, num_voxels={self.num_voxels})")
+        return (
+            f"Box3D(center=[{c}], size=[{s}], yaw={self.yaw:.3f}, label={self.label!r}, "
+            f"score={self.score:.3f}, num_voxels={self.num_voxels})"
+        )
 
 
 def iou_3d(a: Box3D, b: Box3D) -> float:
@@ -370,8 +376,7 @@ class RelationResult:
     def __post_init__(self) -> None:
         # Plain Python types, so `result.value is True` works and results serialise to JSON.
         v = self.value
-        object.__setattr__(self, "value",
-                           bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
+        object.__setattr__(self, "value", bool(v) if isinstance(v, (bool, np.bool_)) else float(v))
         object.__setattr__(self, "margin", float(self.margin))
         object.__setattr__(self, "score", float(self.score))
         object.__setattr__(self, "details", {k: float(x) for k, x in self.details.items()})
@@ -438,9 +443,13 @@ def left_of(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationR
     mid_b, hw_b, r_b = _azimuth_interval(b, vp)
     d = float(_wrap_angle(mid_a - mid_b))
     margin = d * (r_a + r_b) / 2.0
-    return RelationResult("left_of", d > 0.0, margin, _soft(d, hw_a + hw_b),
-                          {"bearing_deg_a": math.degrees(mid_a),
-                           "bearing_deg_b": math.degrees(mid_b)})
+    return RelationResult(
+        "left_of",
+        d > 0.0,
+        margin,
+        _soft(d, hw_a + hw_b),
+        {"bearing_deg_a": math.degrees(mid_a), "bearing_deg_b": math.degrees(mid_b)},
+    )
 
 
 def right_of(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
@@ -456,8 +465,9 @@ def in_front_of(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> Relat
     mid_a, hw_a = _depth_interval(a, vp)
     mid_b, hw_b = _depth_interval(b, vp)
     d = mid_b - mid_a
-    return RelationResult("in_front_of", d > 0.0, d, _soft(d, hw_a + hw_b),
-                          {"depth_a": mid_a, "depth_b": mid_b})
+    return RelationResult(
+        "in_front_of", d > 0.0, d, _soft(d, hw_a + hw_b), {"depth_a": mid_a, "depth_b": mid_b}
+    )
 
 
 def behind(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
@@ -469,20 +479,25 @@ def above(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationRes
     """Is ``a`` higher than ``b`` (centres; score 1 once a's bottom is above b's top)?"""
     d = float(a.center[2] - b.center[2])
     s = (a.size[2] + b.size[2]) / 2.0
-    return RelationResult("above", d > 0.0, d, _soft(d, s),
-                          {"vertical_gap": a.z_min - b.z_max})
+    return RelationResult("above", d > 0.0, d, _soft(d, s), {"vertical_gap": a.z_min - b.z_max})
 
 
 def below(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
     """Is ``a`` lower than ``b``? (mirror of :func:`above`)."""
     r = above(b, a)
-    return RelationResult("below", bool(r.value), r.margin, r.score,
-                          {"vertical_gap": b.z_min - a.z_max})
+    return RelationResult(
+        "below", bool(r.value), r.margin, r.score, {"vertical_gap": b.z_min - a.z_max}
+    )
 
 
-def on_top_of(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None, *,
-              gap_tol: float = ON_TOP_GAP_TOL,
-              min_overlap: float = ON_TOP_MIN_OVERLAP) -> RelationResult:
+def on_top_of(
+    a: Box3D,
+    b: Box3D,
+    viewpoint: Viewpoint | None = None,
+    *,
+    gap_tol: float = ON_TOP_GAP_TOL,
+    min_overlap: float = ON_TOP_MIN_OVERLAP,
+) -> RelationResult:
     """Is ``a`` resting on ``b``: a's bottom within ``gap_tol`` of b's top, a higher than b,
     and at least ``min_overlap`` of the smaller footprint overlapping the other?
 
@@ -505,12 +520,19 @@ def on_top_of(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None, *,
         s_ov = _soft(slack_ov, side)
     margin = min(slack_gap, slack_up, slack_ov)
     score = min(_soft(slack_gap, gap_tol), _soft(slack_up, (a.size[2] + b.size[2]) / 2.0), s_ov)
-    return RelationResult("on_top_of", margin > 0.0, margin, score,
-                          {"vertical_gap": gap, "footprint_overlap": frac})
+    return RelationResult(
+        "on_top_of", margin > 0.0, margin, score, {"vertical_gap": gap, "footprint_overlap": frac}
+    )
 
 
-def next_to(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None, *,
-            abs_tol: float = NEXT_TO_ABS_TOL, rel_tol: float = NEXT_TO_REL_TOL) -> RelationResult:
+def next_to(
+    a: Box3D,
+    b: Box3D,
+    viewpoint: Viewpoint | None = None,
+    *,
+    abs_tol: float = NEXT_TO_ABS_TOL,
+    rel_tol: float = NEXT_TO_REL_TOL,
+) -> RelationResult:
     """Are the boxes close: surface gap <= max(abs_tol, rel_tol x mean largest horizontal
     extent)? Size-relative, so a cup 10 cm from a plate and a chair 40 cm from a table both
     count. Margin: threshold - gap (m). Stacked boxes (gap 0) also count as next to."""
@@ -518,8 +540,9 @@ def next_to(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None, *,
     ext = (max(a.size[0], a.size[1]) + max(b.size[0], b.size[1])) / 2.0
     thr = max(abs_tol, rel_tol * ext)
     m = thr - gap
-    return RelationResult("next_to", m > 0.0, m, _soft(m, thr), {"surface_gap": gap,
-                                                                 "threshold": thr})
+    return RelationResult(
+        "next_to", m > 0.0, m, _soft(m, thr), {"surface_gap": gap, "threshold": thr}
+    )
 
 
 def between(a: Box3D, b: Box3D, c: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
@@ -542,8 +565,9 @@ def between(a: Box3D, b: Box3D, c: Box3D, viewpoint: Viewpoint | None = None) ->
     slack_side = width - perp
     margin = min(slack_along, slack_side)
     score = min(_soft(slack_along, length / 2.0), _soft(slack_side, width))
-    return RelationResult("between", margin > 0.0, margin, score,
-                          {"along": t / length, "lateral_offset": perp})
+    return RelationResult(
+        "between", margin > 0.0, margin, score, {"along": t / length, "lateral_offset": perp}
+    )
 
 
 def distance(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
@@ -552,10 +576,18 @@ def distance(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> Relation
     and vertical components."""
     center_d, gap = a.distance_to(b)
     d = a.center - b.center
-    return RelationResult("distance", center_d, center_d - gap, 1.0,
-                          {"center_distance": center_d, "surface_gap": gap,
-                           "horizontal": float(math.hypot(d[0], d[1])),
-                           "vertical": float(d[2])})
+    return RelationResult(
+        "distance",
+        center_d,
+        center_d - gap,
+        1.0,
+        {
+            "center_distance": center_d,
+            "surface_gap": gap,
+            "horizontal": float(math.hypot(d[0], d[1])),
+            "vertical": float(d[2]),
+        },
+    )
 
 
 def bigger(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
@@ -563,15 +595,25 @@ def bigger(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationRe
     ratio of ``SIZE_CLEAR_RATIO`` (its inverse) on."""
     va, vb = max(a.volume, _EPS), max(b.volume, _EPS)
     lr = math.log(va / vb)
-    return RelationResult("bigger", lr > 0.0, lr, _soft(lr, math.log(SIZE_CLEAR_RATIO)),
-                          {"volume_a": a.volume, "volume_b": b.volume, "ratio": va / vb})
+    return RelationResult(
+        "bigger",
+        lr > 0.0,
+        lr,
+        _soft(lr, math.log(SIZE_CLEAR_RATIO)),
+        {"volume_a": a.volume, "volume_b": b.volume, "ratio": va / vb},
+    )
 
 
 def smaller(a: Box3D, b: Box3D, viewpoint: Viewpoint | None = None) -> RelationResult:
     """Is ``a`` smaller than ``b`` by volume? (mirror of :func:`bigger`)."""
     r = _mirror("smaller", bigger(b, a))
-    return RelationResult("smaller", bool(r.value), r.margin, r.score,
-                          {**r.details, "ratio": a.volume / max(b.volume, _EPS)})
+    return RelationResult(
+        "smaller",
+        bool(r.value),
+        r.margin,
+        r.score,
+        {**r.details, "ratio": a.volume / max(b.volume, _EPS)},
+    )
 
 
 RelationFn = Callable[..., RelationResult]
@@ -606,20 +648,44 @@ RELATIONS: dict[str, RelationFn] = {
 
 # Common phrasings the question parser may pass through unchanged.
 _ALIASES = {
-    "left": "left_of", "to_the_left_of": "left_of",
-    "right": "right_of", "to_the_right_of": "right_of",
-    "in_front": "in_front_of", "front": "in_front_of", "front_of": "in_front_of",
-    "closer": "in_front_of", "closer_than": "in_front_of", "nearer": "in_front_of",
-    "behind_of": "behind", "in_back_of": "behind", "farther": "behind",
-    "further": "behind", "farther_than": "behind",
-    "over": "above", "higher": "above", "higher_than": "above",
-    "under": "below", "underneath": "below", "beneath": "below", "lower": "below",
+    "left": "left_of",
+    "to_the_left_of": "left_of",
+    "right": "right_of",
+    "to_the_right_of": "right_of",
+    "in_front": "in_front_of",
+    "front": "in_front_of",
+    "front_of": "in_front_of",
+    "closer": "in_front_of",
+    "closer_than": "in_front_of",
+    "nearer": "in_front_of",
+    "behind_of": "behind",
+    "in_back_of": "behind",
+    "farther": "behind",
+    "further": "behind",
+    "farther_than": "behind",
+    "over": "above",
+    "higher": "above",
+    "higher_than": "above",
+    "under": "below",
+    "underneath": "below",
+    "beneath": "below",
+    "lower": "below",
     "lower_than": "below",
-    "on": "on_top_of", "on_top": "on_top_of", "onto": "on_top_of", "resting_on": "on_top_of",
-    "near": "next_to", "beside": "next_to", "close_to": "next_to", "by": "next_to",
+    "on": "on_top_of",
+    "on_top": "on_top_of",
+    "onto": "on_top_of",
+    "resting_on": "on_top_of",
+    "near": "next_to",
+    "beside": "next_to",
+    "close_to": "next_to",
+    "by": "next_to",
     "adjacent_to": "next_to",
-    "distance_to": "distance", "how_far": "distance", "far": "distance",
-    "larger": "bigger", "larger_than": "bigger", "bigger_than": "bigger",
+    "distance_to": "distance",
+    "how_far": "distance",
+    "far": "distance",
+    "larger": "bigger",
+    "larger_than": "bigger",
+    "bigger_than": "bigger",
     "smaller_than": "smaller",
 }
 
@@ -634,8 +700,13 @@ def relation_names() -> list[str]:
     return sorted(RELATIONS)
 
 
-def relation(name: str, a: Box3D, b: Box3D | Sequence[Box3D],
-             viewpoint: Viewpoint | None = None, **kwargs: Any) -> RelationResult:
+def relation(
+    name: str,
+    a: Box3D,
+    b: Box3D | Sequence[Box3D],
+    viewpoint: Viewpoint | None = None,
+    **kwargs: Any,
+) -> RelationResult:
     """Evaluate a relation by name: ``relation("left of", mug, bowl, vp)``.
 
     ``between`` takes the two reference boxes as ``b``: ``relation("between", a, (b, c))``.
@@ -671,8 +742,7 @@ def _direction_words(bearing_deg: float) -> str:
     return "behind you"
 
 
-def describe_position(box: Box3D, viewpoint: Viewpoint,
-                      landmarks: Sequence[Box3D] = ()) -> str:
+def describe_position(box: Box3D, viewpoint: Viewpoint, landmarks: Sequence[Box3D] = ()) -> str:
     """A short viewer-relative description, e.g.
     "the mug is 2.3 m away, ahead to the left, 0.80 m high, on the table".
 
@@ -681,8 +751,11 @@ def describe_position(box: Box3D, viewpoint: Viewpoint,
     rng = math.hypot(local[0], local[1])
     bearing = math.degrees(math.atan2(local[1], local[0]))
     name = f"the {box.label}" if box.label else "it"
-    parts = [f"{name} is {rng:.1f} m away", _direction_words(bearing) if rng > 0.05 else "here",
-             f"{box.center[2]:.2f} m high"]
+    parts = [
+        f"{name} is {rng:.1f} m away",
+        _direction_words(bearing) if rng > 0.05 else "here",
+        f"{box.center[2]:.2f} m high",
+    ]
     best: tuple[float, str] | None = None
     for lm in landmarks:
         if lm is box or not lm.label:

@@ -1,1 +1,2 @@
-"""Evaluation: scene synthesis, rosbag writing and replay, metrics and reports."""
+"""Evaluation: replaying walk-through bags through the node, metrics, reports and the demo.
+The rooms and bags themselves come from :mod:`llava3d_ros.sim`."""

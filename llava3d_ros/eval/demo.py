@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from llava3d_ros.eval.bag import SCENE_FILE, BagConfig, make_bag
+from llava3d_ros.sim.bag import SCENE_FILE, BagConfig, make_bag
 
 __all__ = ["DEMO_FRAMES", "DEMO_RATE", "curate", "run"]
 
@@ -95,8 +95,10 @@ def _instance(r: Mapping[str, Any]) -> str:
 
 def print_tables(ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, Any]]) -> None:
     print()
-    head = (f"{'query':<44} {'instance':<18} {'top box centre':<21} {'size':<21} {'IoU':>5}  "
-            f"{'':4} {'ms':>6}")  # fmt: skip
+    head = (
+        f"{'query':<44} {'instance':<18} {'top box centre':<21} {'size':<21} {'IoU':>5}  "
+        f"{'':4} {'ms':>6}"
+    )
     print(head)
     print("-" * len(head))
     for r in ground:
@@ -106,8 +108,10 @@ def print_tables(ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, 
         else:
             centre, size = f"[{r['error']}]", ""
         mark = "hit" if r["hit_at_0_25"] else "miss"
-        print(f"{r['query'][:44]:<44} {_instance(r)[:18]:<18} {centre:<21} {size:<21} "
-              f"{r['iou']:5.2f}  {mark:4} {r['latency_ms']:6.0f}")  # fmt: skip
+        print(
+            f"{r['query'][:44]:<44} {_instance(r)[:18]:<18} {centre:<21} {size:<21} "
+            f"{r['iou']:5.2f}  {mark:4} {r['latency_ms']:6.0f}"
+        )
     print()
     head = f"{'question':<50} {'answer':<34} {'expected':<15} {'':7} {'ms':>6}"
     print(head)
@@ -115,8 +119,10 @@ def print_tables(ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, 
     for r in qa:
         answer = r["answer"] or f"[{r['error']}]"
         mark = "correct" if r["correct"] else "wrong"
-        print(f"{r['question'][:50]:<50} {answer[:34]:<34} {r['expected'][:15]:<15} "
-              f"{mark:7} {r['latency_ms']:6.0f}")  # fmt: skip
+        print(
+            f"{r['question'][:50]:<50} {answer[:34]:<34} {r['expected'][:15]:<15} "
+            f"{mark:7} {r['latency_ms']:6.0f}"
+        )
     print()
 
 
@@ -152,13 +158,17 @@ def run(args: argparse.Namespace) -> int:
     qfile = out / "queries.yaml"
     qfile.write_text(yaml.safe_dump(queries, sort_keys=False, allow_unicode=True))
     n_ground = sum("query" in q for q in queries)
-    print(f"[2/3] {n_ground} grounding queries and {len(queries) - n_ground} questions "
-          f"-> {qfile}", flush=True)  # fmt: skip
+    print(
+        f"[2/3] {n_ground} grounding queries and {len(queries) - n_ground} questions -> {qfile}",
+        flush=True,
+    )
     print("[3/3] starting the node, replaying the bag, querying", flush=True)
-    result = evaluate(EvalConfig(bag=bag, out=out, queries=qfile, rate=args.rate,
-                                 progress=not args.no_progress))  # fmt: skip
+    result = evaluate(
+        EvalConfig(bag=bag, out=out, queries=qfile, rate=args.rate, progress=not args.no_progress)
+    )
     print_tables(result.ground, result.qa)
     print_summary(result.metrics)
-    print(f"\nreport: {out / 'report.png'}, {out / 'report.md'}; total "
-          f"{time.monotonic() - t0:.0f} s")  # fmt: skip
+    print(
+        f"\nreport: {out / 'report.png'}, {out / 'report.md'}; total {time.monotonic() - t0:.0f} s"
+    )
     return 0

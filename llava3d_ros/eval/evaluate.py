@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 
 from llava3d_ros.eval import metrics as M
-from llava3d_ros.eval.bag import COLOR_TOPIC, load_scene
-from llava3d_ros.eval.expressions import SceneObject, object_by_id
+from llava3d_ros.sim.bag import COLOR_TOPIC, load_scene
+from llava3d_ros.sim.expressions import SceneObject, object_by_id
 
 __all__ = [
     "DRAIN_QUIET_S",
@@ -166,8 +166,13 @@ def load_queries(
             if "query" in item and "target" in item:
                 ground.append({**item, "query": str(item["query"]), "target": item["target"]})
             elif "question" in item and "answer" in item:
-                ask.append({**item, "question": str(item["question"]),
-                            "answer": _answer_text(item["answer"])})  # fmt: skip
+                ask.append(
+                    {
+                        **item,
+                        "question": str(item["question"]),
+                        "answer": _answer_text(item["answer"]),
+                    }
+                )
             else:
                 raise ValueError(
                     f"{path}: item {i} needs query+target or question+answer: {dict(item)!r}"
@@ -462,8 +467,16 @@ class _NodeProcess:
     def __init__(self, params_file: Path, log_path: Path, log_level: str) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        args = [sys.executable, "-m", "llava3d_ros.cli", "up", "--params", str(params_file),
-                "--log-level", log_level]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "llava3d_ros.cli",
+            "up",
+            "--params",
+            str(params_file),
+            "--log-level",
+            log_level,
+        ]
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -537,18 +550,30 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         replayer = BagReplayer(monitor.node, cfg.bag, cfg.rate)
         # Pre-roll: a sim-time node's timers (ingest, stats) fire only while /clock moves;
         # held 1 s short of the bag so no frame is "from the future" when it starts.
-        ticker = replayer.clock_ticker(replayer.start_ns - 600 * 10**9,
-                                       until_ns=replayer.start_ns - 10**9)  # fmt: skip
+        ticker = replayer.clock_ticker(
+            replayer.start_ns - 600 * 10**9, until_ns=replayer.start_ns - 10**9
+        )
         client = Llava3DClient()
         t0 = time.monotonic()
-        _wait(lambda: client.wait_for_server(timeout=0.5), cfg.start_timeout_s,
-              "the node's action servers", node)  # fmt: skip
-        _wait(lambda: monitor.latest()[0] is not None, cfg.start_timeout_s,
-              "the node's memory stats (active)", node)  # fmt: skip
+        _wait(
+            lambda: client.wait_for_server(timeout=0.5),
+            cfg.start_timeout_s,
+            "the node's action servers",
+            node,
+        )
+        _wait(
+            lambda: monitor.latest()[0] is not None,
+            cfg.start_timeout_s,
+            "the node's memory stats (active)",
+            node,
+        )
         _wait(replayer.subscribers_ready, cfg.start_timeout_s, "the node's subscriptions", node)
         timings["node_start_s"] = time.monotonic() - t0
-        _say(cfg, f"node ready in {timings['node_start_s']:.1f} s "
-                  f"(head: {_head_in_use(params) or 'none'})")  # fmt: skip
+        _say(
+            cfg,
+            f"node ready in {timings['node_start_s']:.1f} s "
+            f"(head: {_head_in_use(params) or 'none'})",
+        )
         ticker.stop()
         ticker = None
 
@@ -556,9 +581,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         from tqdm import tqdm
 
         n_color = replayer.counts.get(COLOR_TOPIC, 0)
-        bar = tqdm(total=n_color, desc=f"replay x{cfg.rate:g}", unit="frame",
-                   disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True,
-                   mininterval=0.5)  # fmt: skip
+        bar = tqdm(
+            total=n_color,
+            desc=f"replay x{cfg.rate:g}",
+            unit="frame",
+            disable=not cfg.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
         def on_message(topic: str, _stamp: int) -> None:
             if topic != COLOR_TOPIC:
@@ -588,8 +619,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             if stats is None or wall < t_end or seq == state["seq"]:
                 return False
             state["seq"] = seq
-            key = (int(stats.frames_received), int(stats.keyframes_integrated),
-                   sum(int(c) for c in stats.drop_counts), int(stats.num_voxels))  # fmt: skip
+            key = (
+                int(stats.frames_received),
+                int(stats.keyframes_integrated),
+                sum(int(c) for c in stats.drop_counts),
+                int(stats.num_voxels),
+            )
             if key != state["key"]:
                 state["key"], state["since"], state["fresh"] = key, wall, 0
                 return False
@@ -607,9 +642,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         # (the memory cloud topic is subsampled and published on a timer).
         cloud_xyz = _save_snapshot(monitor, out / "memory.safetensors", cfg)
         drops = _drops(stats)
-        _say(cfg, f"ingest drained: {stats.frames_received}/{published} frames received, "
-                  f"{stats.keyframes_integrated} keyframes, {stats.num_voxels} voxels, "
-                  f"drops {drops or 'none'}")  # fmt: skip
+        _say(
+            cfg,
+            f"ingest drained: {stats.frames_received}/{published} frames received, "
+            f"{stats.keyframes_integrated} keyframes, {stats.num_voxels} voxels, "
+            f"drops {drops or 'none'}",
+        )
         objects_msg, objects_complete = _wait_for_objects(monitor, node, cfg, params)
         timings["objects_wait_s"] = time.monotonic() - t_drained
         object_records = (
@@ -692,9 +730,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     objects_m["includes_last_keyframe"] = objects_complete
     metrics = M.summarize(ground_records, qa_records, ingest, memory, extra, objects_m)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "results.json").write_text(json.dumps(
-        {"ground": ground_records, "spatial_qa": qa_records, "objects": object_records},
-        indent=1) + "\n")  # fmt: skip
+    (out / "results.json").write_text(
+        json.dumps(
+            {"ground": ground_records, "spatial_qa": qa_records, "objects": object_records},
+            indent=1,
+        )
+        + "\n"
+    )
     from llava3d_ros.eval.report import write_report
 
     write_report(out, scene, metrics, ground_records, qa_records, cloud_xyz, object_records)
@@ -731,12 +773,18 @@ def _wait_for_objects(
         if msg is None:
             what = "no object list arrived on /llava3d/objects"
         else:
-            what = (f"the newest object list (/llava3d/objects, update {msg.update_count}) "
-                    f"has data_stamp {_stamp_ns(msg.data_stamp) * 1e-9:.3f} s (last "
-                    f"integrated keyframe {last:.3f} s) and {msg.pending_crops} crops "
-                    "pending")  # fmt: skip
-        print(f"warning: after {cfg.objects_timeout_s:.0f} s {what}; scoring the object list "
-              f"as it is (see node.log)", file=sys.stderr, flush=True)  # fmt: skip
+            what = (
+                f"the newest object list (/llava3d/objects, update {msg.update_count}) "
+                f"has data_stamp {_stamp_ns(msg.data_stamp) * 1e-9:.3f} s (last "
+                f"integrated keyframe {last:.3f} s) and {msg.pending_crops} crops "
+                "pending"
+            )
+        print(
+            f"warning: after {cfg.objects_timeout_s:.0f} s {what}; scoring the object list "
+            f"as it is (see node.log)",
+            file=sys.stderr,
+            flush=True,
+        )
         return msg, False
 
 
@@ -756,11 +804,17 @@ def _ground_one(
     boxes = []
     for o in r.objects:
         box = M.box_from_pose(o.center, o.size, o.orientation_xyzw)
-        boxes.append({"center": [round(float(v), 4) for v in box.center],
-                      "size": [round(float(v), 4) for v in box.size],
-                      "yaw": round(box.yaw, 4), "score": round(float(o.score), 4),
-                      "label": o.label, "num_voxels": int(o.num_voxels),
-                      "instance_id": int(o.instance_id)})  # fmt: skip
+        boxes.append(
+            {
+                "center": [round(float(v), 4) for v in box.center],
+                "size": [round(float(v), 4) for v in box.size],
+                "yaw": round(box.yaw, 4),
+                "score": round(float(o.score), 4),
+                "label": o.label,
+                "num_voxels": int(o.num_voxels),
+                "instance_id": int(o.instance_id),
+            }
+        )
     if r.ok and r.objects:
         top = r.objects[0]
         pred = M.box_from_pose(top.center, top.size, top.orientation_xyzw)
@@ -866,9 +920,15 @@ def print_summary(metrics: Mapping[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = EvalConfig(bag=args.bag, out=args.out, queries=args.queries, rate=args.rate,
-                     params=args.params, log_level=args.log_level,
-                     progress=not args.no_progress)  # fmt: skip
+    cfg = EvalConfig(
+        bag=args.bag,
+        out=args.out,
+        queries=args.queries,
+        rate=args.rate,
+        params=args.params,
+        log_level=args.log_level,
+        progress=not args.no_progress,
+    )
     result = evaluate(cfg)
     print_summary(result.metrics)
     print(

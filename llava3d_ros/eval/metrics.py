@@ -84,8 +84,12 @@ IOU_THRESHOLDS = (0.25, 0.5)
 GROUNDING_KINDS = ("name", "attribute", "spatial")
 #: Question types of ``spatial_qa.by_type``, from the expected answer's form.
 QA_TYPES = ("yes_no", "either_or", "distance", "count", "other")
-_QA_TYPE_OF_KIND = {"yes_no": "yes_no", "choice": "either_or", "distance": "distance",
-                    "count": "count"}  # fmt: skip
+_QA_TYPE_OF_KIND = {
+    "yes_no": "yes_no",
+    "choice": "either_or",
+    "distance": "distance",
+    "count": "count",
+}
 #: Types a coin flip answers right half the time.
 _TWO_WAY = frozenset({"yes_no", "either_or"})
 DISTANCE_ABS_TOL_M = 0.15
@@ -115,8 +119,11 @@ def box_from_pose(
     center: Sequence[float], size: Sequence[float], orientation_xyzw: Sequence[float] = (0, 0, 0, 1)
 ) -> Box3D:
     """A predicted box (vision_msgs/BoundingBox3D fields) as a yaw box."""
-    return Box3D(np.asarray(center, float), np.abs(np.asarray(size, float)),
-                 yaw_from_quaternion(orientation_xyzw))  # fmt: skip
+    return Box3D(
+        np.asarray(center, float),
+        np.abs(np.asarray(size, float)),
+        yaw_from_quaternion(orientation_xyzw),
+    )
 
 
 def iou_scanrefer(pred: Box3D, gt_min: Sequence[float], gt_max: Sequence[float]) -> float:

@@ -70,8 +70,14 @@ class ClockTicker:
     """Publishes ``/clock`` from a thread: ``start_ns + (wall elapsed) * rate``, capped
     at ``until_ns`` when given (the clock then holds)."""
 
-    def __init__(self, publisher: Any, start_ns: int, rate: float = 1.0,
-                 hz: float = 100.0, until_ns: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        publisher: Any,
+        start_ns: int,
+        rate: float = 1.0,
+        hz: float = 100.0,
+        until_ns: int | None = None,
+    ) -> None:
         from rosgraph_msgs.msg import Clock
 
         self._pub = publisher
@@ -126,9 +132,15 @@ class BagReplayer:
     needs no spinning) paced by ``rate``, with ``/clock``."""
 
     def __init__(
-        self, node: Any, bag_dir: str | Path, rate: float = 1.0, *, clock: bool = True,
-        clock_hz: float = 100.0, topics: Iterable[str] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        node: Any,
+        bag_dir: str | Path,
+        rate: float = 1.0,
+        *,
+        clock: bool = True,
+        clock_hz: float = 100.0,
+        topics: Iterable[str] | None = None,
+    ) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from rosbags.rosbag2 import Reader
         from rosgraph_msgs.msg import Clock
@@ -154,8 +166,9 @@ class BagReplayer:
         self.clock_pub = node.create_publisher(Clock, CLOCK_TOPIC, clock_qos) if clock else None
         self.start_ns = int(self.reader.start_time)
         self.end_ns = int(self.reader.end_time)
-        self.counts = {t: sum(c.msgcount for c in self.connections if c.topic == t)
-                       for t in self.publishers}  # fmt: skip
+        self.counts = {
+            t: sum(c.msgcount for c in self.connections if c.topic == t) for t in self.publishers
+        }
 
     def close(self) -> None:
         self.reader.close()
@@ -179,8 +192,11 @@ class BagReplayer:
     def play(self, on_message: Callable[[str, int], None] | None = None) -> ReplayStats:
         """Publish every message at its (scaled) time. ``on_message(topic, log_time_ns)``
         is called after each one (for progress bars)."""
-        stats = ReplayStats(messages=dict.fromkeys(self.publishers, 0),
-                            bag_start_ns=self.start_ns, bag_end_ns=self.end_ns)  # fmt: skip
+        stats = ReplayStats(
+            messages=dict.fromkeys(self.publishers, 0),
+            bag_start_ns=self.start_ns,
+            bag_end_ns=self.end_ns,
+        )
         wall0 = time.monotonic()
         stats.wall_start = wall0
         last_clock_ns = -1

@@ -46,14 +46,19 @@ def _fmt(x: Any, spec: str = "{:.3f}") -> str:
 
 
 def _by_kind_text(g: Mapping[str, Any]) -> str:
-    return "  ".join(f"{k} {_fmt(v['acc_at_0_25'], '{:.2f}')} (n={v['n']})"
-                     for k, v in g.get("by_kind", {}).items())  # fmt: skip
+    return "  ".join(
+        f"{k} {_fmt(v['acc_at_0_25'], '{:.2f}')} (n={v['n']})"
+        for k, v in g.get("by_kind", {}).items()
+    )
 
 
 def _by_type_text(qa: Mapping[str, Any]) -> str:
     short = {"yes_no": "y/n", "either_or": "either", "distance": "dist", "count": "count"}
-    return "  ".join(f"{short.get(k, k)} {_fmt(v['accuracy'], '{:.2f}')} (n={v['n']})"
-                     for k, v in qa.get("by_type", {}).items() if v["n"])  # fmt: skip
+    return "  ".join(
+        f"{short.get(k, k)} {_fmt(v['accuracy'], '{:.2f}')} (n={v['n']})"
+        for k, v in qa.get("by_type", {}).items()
+        if v["n"]
+    )
 
 
 def _objects_lines(o: Mapping[str, Any] | None) -> list[str]:
@@ -68,7 +73,7 @@ def _objects_lines(o: Mapping[str, Any] | None) -> list[str]:
         f"{_fmt(o['furniture_recall_at_0_25'], '{:.2f}')}  precision@0.25 "
         f"{_fmt(o['object_precision_at_0_25'], '{:.2f}')}  AP@0.25 "
         f"{_fmt(o['object_ap_at_0_25'], '{:.2f}')}  AP@0.5 {_fmt(o['object_ap_at_0_5'], '{:.2f}')}",
-    ]  # fmt: skip
+    ]
 
 
 def write_report(
@@ -93,9 +98,15 @@ def write_report(
 # ------------------------------------------------------------------------- figure
 
 
-def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
-          ground: Sequence[Mapping[str, Any]], qa: Sequence[Mapping[str, Any]],
-          cloud: np.ndarray | None, instances: Sequence[Mapping[str, Any]]) -> None:  # fmt: skip
+def _plot(
+    path: Path,
+    scene: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    ground: Sequence[Mapping[str, Any]],
+    qa: Sequence[Mapping[str, Any]],
+    cloud: np.ndarray | None,
+    instances: Sequence[Mapping[str, Any]],
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,9 +125,18 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
     if cloud is not None and len(cloud):
         z = cloud[:, 2]
         order = np.argsort(z)  # higher voxels drawn last (table tops over the floor)
-        sc = ax.scatter(cloud[order, 0], cloud[order, 1], c=z[order], cmap="viridis", s=3,
-                        vmin=0.0, vmax=max(1.5, float(np.percentile(z, 99))), alpha=0.6,
-                        linewidths=0, rasterized=True)  # fmt: skip
+        sc = ax.scatter(
+            cloud[order, 0],
+            cloud[order, 1],
+            c=z[order],
+            cmap="viridis",
+            s=3,
+            vmin=0.0,
+            vmax=max(1.5, float(np.percentile(z, 99))),
+            alpha=0.6,
+            linewidths=0,
+            rasterized=True,
+        )
         fig.colorbar(sc, cax=cax).set_label("memory voxel height z (m)")
     else:
         cax.axis("off")
@@ -124,14 +144,29 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         fp = _footprint(o["center"], o["size"], o["yaw"])
         if o["role"] == "furniture":
             ax.plot(fp[:, 0], fp[:, 1], color="0.45", lw=1.2)
-            ax.text(o["center"][0], o["center"][1], o.get("name") or o["id"], color="0.35",
-                    fontsize=8, ha="center", va="center", style="italic")  # fmt: skip
+            ax.text(
+                o["center"][0],
+                o["center"][1],
+                o.get("name") or o["id"],
+                color="0.35",
+                fontsize=8,
+                ha="center",
+                va="center",
+                style="italic",
+            )
         else:
             ax.fill(fp[:, 0], fp[:, 1], color=_GT, alpha=0.25 if o["visible"] else 0.08)
             ax.plot(fp[:, 0], fp[:, 1], color=_GT, lw=1.6)
-            ax.annotate(o["id"], (o["center"][0], o["center"][1]), xytext=(0, 9),
-                        textcoords="offset points", color="#1a6e1a", fontsize=7.5,
-                        ha="center", fontweight="bold")  # fmt: skip
+            ax.annotate(
+                o["id"],
+                (o["center"][0], o["center"][1]),
+                xytext=(0, 9),
+                textcoords="offset points",
+                color="#1a6e1a",
+                fontsize=7.5,
+                ha="center",
+                fontweight="bold",
+            )
     # The node's instances: thin, under the query boxes, labelled at a corner so the
     # labels do not sit on the ground-truth ids at the centres.
     for inst in sorted(instances, key=lambda i: i["role"] != "furniture"):
@@ -139,18 +174,29 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         fp = _footprint(inst["center"], inst["size"], inst["yaw"])
         ax.plot(fp[:, 0], fp[:, 1], color=color, lw=0.8, alpha=0.95, zorder=3)
         corner = fp[int(np.argmin(fp[:4, 0] - fp[:4, 1]))]  # the upper-left-most corner
-        ax.text(corner[0], corner[1], f"#{inst['id']} {_short(inst['label'], 16)}",
-                color=color, fontsize=6, ha="left", va="bottom", zorder=4,
-                bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none",
-                      "alpha": 0.6})  # fmt: skip
+        ax.text(
+            corner[0],
+            corner[1],
+            f"#{inst['id']} {_short(inst['label'], 16)}",
+            color=color,
+            fontsize=6,
+            ha="left",
+            va="bottom",
+            zorder=4,
+            bbox={"boxstyle": "square,pad=0.05", "fc": "white", "ec": "none", "alpha": 0.6},
+        )
     traj = np.asarray(scene.get("trajectory", []))
     if len(traj):
         ax.plot(traj[:, 0], traj[:, 1], color="#8c564b", lw=0.9, ls="--", alpha=0.8)
     vp = scene.get("viewpoint")
     if vp:
         p, f = vp["position"], vp["forward"]
-        ax.annotate("", (p[0] + 0.5 * f[0], p[1] + 0.5 * f[1]), (p[0], p[1]),
-                    arrowprops={"arrowstyle": "-|>", "color": "#8c564b", "lw": 2})  # fmt: skip
+        ax.annotate(
+            "",
+            (p[0] + 0.5 * f[0], p[1] + 0.5 * f[1]),
+            (p[0], p[1]),
+            arrowprops={"arrowstyle": "-|>", "color": "#8c564b", "lw": 2},
+        )
         ax.text(p[0], p[1] - 0.15, "viewer", color="#8c564b", fontsize=8, ha="center", va="top")
     for i, r in enumerate(ground, 1):
         if not r["boxes"]:
@@ -158,10 +204,16 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         b = r["boxes"][0]
         fp = _footprint(b["center"], b["size"], b["yaw"])
         hit = r["hit_at_0_25"]
-        ax.plot(fp[:, 0], fp[:, 1], color=_HIT if hit else _MISS, lw=1.5,
-                ls="-" if hit else "--")  # fmt: skip
-        ax.text(fp[:, 0].max(), fp[:, 1].max(), f"Q{i}", color=_HIT if hit else _MISS,
-                fontsize=7, ha="left", va="bottom")  # fmt: skip
+        ax.plot(fp[:, 0], fp[:, 1], color=_HIT if hit else _MISS, lw=1.5, ls="-" if hit else "--")
+        ax.text(
+            fp[:, 0].max(),
+            fp[:, 1].max(),
+            f"Q{i}",
+            color=_HIT if hit else _MISS,
+            fontsize=7,
+            ha="left",
+            va="bottom",
+        )
     ax.set_aspect("equal")
     ax.set_xlim(-sx / 2 - 0.2, sx / 2 + 0.2)
     ax.set_ylim(-sy / 2 - 0.2, sy / 2 + 0.2)
@@ -184,48 +236,81 @@ def _plot(path: Path, scene: Mapping[str, Any], metrics: Mapping[str, Any],
         Line2D([], [], color=_INST_OBJECT, lw=0.8, label="node instance: object"),
         Line2D([], [], color=_INST_FURNITURE, lw=0.8, label="node instance: furniture"),
     ]
-    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=4,
-              fontsize=8, frameon=False)  # fmt: skip
+    ax.legend(
+        handles=legend,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.06),
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+    )
 
     # Right column: scores, then one line per query and question.
     qa_m, ing, lat = metrics["spatial_qa"], metrics["ingest"], metrics["latency_ms"]
     lines: list[tuple[str, str]] = [
-        (f"Grounding  n={g['n']}  Acc@0.25 {_fmt(g['acc_at_0_25'])}  "
-         f"Acc@0.5 {_fmt(g['acc_at_0_5'])}  median IoU {_fmt(g['median_iou'])}", "black"),
+        (
+            f"Grounding  n={g['n']}  Acc@0.25 {_fmt(g['acc_at_0_25'])}  "
+            f"Acc@0.5 {_fmt(g['acc_at_0_5'])}  median IoU {_fmt(g['median_iou'])}",
+            "black",
+        ),
         (f"  by kind Acc@0.25: {_by_kind_text(g)}", "black"),
-        (f"Spatial QA n={qa_m['n']}  accuracy {_fmt(qa_m['accuracy'])}  chance floor "
-         f"{_fmt(qa_m.get('chance_floor'), '{:.2f}')}", "black"),
+        (
+            f"Spatial QA n={qa_m['n']}  accuracy {_fmt(qa_m['accuracy'])}  chance floor "
+            f"{_fmt(qa_m.get('chance_floor'), '{:.2f}')}",
+            "black",
+        ),
         (f"  by type: {_by_type_text(qa_m)}", "black"),
         *((text, "black") for text in _objects_lines(metrics.get("objects"))),
-        (f"Ingest {ing['frames_received']}/{ing.get('frames_published', '?')} frames, "
-         f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
-         f"{ing['dropped']} dropped", "black"),
-        (f"Latency ground p50 {_fmt(lat['ground_p50'], '{:.0f}')} / p95 "
-         f"{_fmt(lat['ground_p95'], '{:.0f}')} ms, ask p50 {_fmt(lat['ask_p50'], '{:.0f}')} ms;"
-         f" peak RSS {_fmt(metrics['memory']['peak_rss_mb'], '{:.0f}')} MB", "black"),
+        (
+            f"Ingest {ing['frames_received']}/{ing.get('frames_published', '?')} frames, "
+            f"{ing['keyframes']} keyframes ({ing['keyframes_per_s']:.2f}/s), "
+            f"{ing['dropped']} dropped",
+            "black",
+        ),
+        (
+            f"Latency ground p50 {_fmt(lat['ground_p50'], '{:.0f}')} / p95 "
+            f"{_fmt(lat['ground_p95'], '{:.0f}')} ms, ask p50 {_fmt(lat['ask_p50'], '{:.0f}')} ms;"
+            f" peak RSS {_fmt(metrics['memory']['peak_rss_mb'], '{:.0f}')} MB",
+            "black",
+        ),
         ("", "black"),
         (f"{'#':>3} {'query':<40} {'target':<20} {'IoU':>5}", "0.3"),
-    ]  # fmt: skip
+    ]
     n_head = len(lines) - 2  # the score lines, in bold
     for i, r in enumerate(ground, 1):
         mark = "HIT " if r["hit_at_0_25"] else "miss"
         note = "" if r["boxes"] or r["error"] == "NONE" else f" {r['error']}"
-        text = (f"Q{i:<2} {_short(r['query'], 40):<40} {_short(r['target'], 20):<20} "
-                f"{r['iou']:5.2f} {mark}{note}")  # fmt: skip
+        text = (
+            f"Q{i:<2} {_short(r['query'], 40):<40} {_short(r['target'], 20):<20} "
+            f"{r['iou']:5.2f} {mark}{note}"
+        )
         lines.append((text, _HIT if r["hit_at_0_25"] else _MISS))
     lines += [("", "black"), (f"{'question':<42} {'answer':<24} {'expected':<13}", "0.3")]
     for r in qa:
         ans = r["answer"] or r["error"]
         mark = "ok" if r["correct"] else "WRONG"
-        lines.append((f"{_short(r['question'], 42):<42} {_short(ans, 24):<24} "
-                      f"{_short(r['expected'], 13):<13} {mark}",
-                      _HIT if r["correct"] else _MISS))  # fmt: skip
+        lines.append(
+            (
+                f"{_short(r['question'], 42):<42} {_short(ans, 24):<24} "
+                f"{_short(r['expected'], 13):<13} {mark}",
+                _HIT if r["correct"] else _MISS,
+            )
+        )
     size = max(5.0, min(9.0, 640.0 / max(len(lines), 1)))
     step = 1.0 / max(len(lines) + 1, 1 / 0.022)
     for k, (text, color) in enumerate(lines):
-        side.text(0.0, 1.0 - (k + 0.5) * step, text, family="monospace", fontsize=size,
-                  color=color, va="top", ha="left", transform=side.transAxes,
-                  fontweight="bold" if k < n_head else "normal")  # fmt: skip
+        side.text(
+            0.0,
+            1.0 - (k + 0.5) * step,
+            text,
+            family="monospace",
+            fontsize=size,
+            color=color,
+            va="top",
+            ha="left",
+            transform=side.transAxes,
+            fontweight="bold" if k < n_head else "normal",
+        )
     fig.savefig(path)
     plt.close(fig)
 
@@ -273,8 +358,11 @@ def _markdown(
         "",
         "| kind | n | Acc@0.25 | Acc@0.5 | median IoU |",
         "|---|---|---|---|---|",
-        *(f"| {k} | {v['n']} | {_fmt(v['acc_at_0_25'])} | {_fmt(v['acc_at_0_5'])} | "
-          f"{_fmt(v['median_iou'])} |" for k, v in g.get("by_kind", {}).items()),
+        *(
+            f"| {k} | {v['n']} | {_fmt(v['acc_at_0_25'])} | {_fmt(v['acc_at_0_5'])} | "
+            f"{_fmt(v['median_iou'])} |"
+            for k, v in g.get("by_kind", {}).items()
+        ),
         "",
         "## Spatial QA by question type",
         "",
@@ -283,9 +371,11 @@ def _markdown(
         "",
         "| type | n | accuracy | coin flip |",
         "|---|---|---|---|",
-        *(f"| {k} | {v['n']} | {_fmt(v['accuracy'])} | "
-          f"{'0.5' if k in ('yes_no', 'either_or') else '0'} |"
-          for k, v in q.get("by_type", {}).items()),
+        *(
+            f"| {k} | {v['n']} | {_fmt(v['accuracy'])} | "
+            f"{'0.5' if k in ('yes_no', 'either_or') else '0'} |"
+            for k, v in q.get("by_type", {}).items()
+        ),
         "",
         *_objects_markdown(metrics.get("objects"), instances),
         "## Grounding",
@@ -293,25 +383,34 @@ def _markdown(
         "| # | query | kind | target | error | top box centre | instance | IoU | IoU (oriented) "
         "| @0.25 | @0.5 | ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for i, r in enumerate(ground, 1):
         c = r["boxes"][0]["center"] if r["boxes"] else None
         centre = "—" if c is None else "(" + ", ".join(f"{v:.2f}" for v in c) + ")"
-        inst = (f"#{r['instance_id']} {r.get('instance_label', '')}".strip()
-                if r.get("instance_id") else "—")  # fmt: skip
+        inst = (
+            f"#{r['instance_id']} {r.get('instance_label', '')}".strip()
+            if r.get("instance_id")
+            else "—"
+        )
         rows.append(
             f"| Q{i} | {r['query']} | {r.get('kind') or '—'} | {r['target']} | {r['error']} | "
             f"{centre} | {inst} | {r['iou']:.3f} | "
             f"{r['iou_oriented']:.3f} | {'hit' if r['hit_at_0_25'] else 'miss'} | "
             f"{'hit' if r['hit_at_0_5'] else 'miss'} | {r['latency_ms']:.0f} |"
         )
-    rows += ["", "## Spatial questions", "",
-             "| question | answer | expected | error | correct | ms |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    rows += [
+        "",
+        "## Spatial questions",
+        "",
+        "| question | answer | expected | error | correct | ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in qa:
         answer = (r["answer"] or "").replace("|", "/")
-        rows.append(f"| {r['question']} | {answer} | {r['expected']} | {r['error']} | "
-                    f"{'yes' if r['correct'] else 'no'} | {r['latency_ms']:.0f} |")  # fmt: skip
+        rows.append(
+            f"| {r['question']} | {answer} | {r['expected']} | {r['error']} | "
+            f"{'yes' if r['correct'] else 'no'} | {r['latency_ms']:.0f} |"
+        )
     return "\n".join(rows) + "\n"
 
 

@@ -98,6 +98,4 @@ class MemoryServices:
             self._node.get_logger().error(f"autosave failed: {exc}", throttle_duration_sec=60.0)
             return
         self.last_autosave = time.time()
-        self._node.get_logger().debug(
-            f"autosaved {size} bytes in {time.monotonic() - t0:.2f} s"
-        )
+        self._node.get_logger().debug(f"autosaved {size} bytes in {time.monotonic() - t0:.2f} s")

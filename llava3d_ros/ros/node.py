@@ -54,7 +54,7 @@ from visualization_msgs.msg import MarkerArray
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderError
-from llava3d_ros.core.heap import release_freed_memory
+from llava3d_ros.core.heap import release_freed_memory, trim_heap
 from llava3d_ros.core.snapshots import SnapshotDirectory
 from llava3d_ros.ros import params as P
 from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
@@ -131,17 +131,14 @@ class Llava3DNode(LifecycleNode):
         default = P.to_ros_value(spec.default)
         if spec.choices:
             desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-        if spec.min_value is not None and isinstance(default, float):
+        bounds = spec.bounds
+        if bounds is not None and isinstance(default, float):
             desc.floating_point_range = [
-                FloatingPointRange(from_value=float(spec.min_value), to_value=float(spec.max_value))
+                FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]))
             ]
-        elif (
-            spec.min_value is not None
-            and isinstance(default, int)
-            and not isinstance(default, bool)
-        ):
+        elif bounds is not None and isinstance(default, int) and not isinstance(default, bool):
             desc.integer_range = [
-                IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)
+                IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)
             ]
         self.declare_parameter(spec.name, default, desc)
         if spec.choices:
@@ -227,13 +224,18 @@ class Llava3DNode(LifecycleNode):
         self._tf = TfSource(self.sensors.node, cache_s=settings.tf.cache_s)
         visualiser = self._visualiser
         self._queries = QueryServer(
-            self, pipe, self.telemetry, self._tf,
-            map_frame=inputs.map_frame, robot_frame=inputs.robot_frame,
+            self,
+            pipe,
+            self.telemetry,
+            self._tf,
+            map_frame=inputs.map_frame,
+            robot_frame=inputs.robot_frame,
             max_concurrent=settings.admission.max_concurrent,
             goal_queue_depth=settings.admission.goal_queue_depth,
-            callback_group=self._query_group, is_active=lambda: self._active,
+            callback_group=self._query_group,
+            is_active=lambda: self._active,
             on_grounded=visualiser.publish_grounding,
-        )  # fmt: skip
+        )
         self._memory_services = MemoryServices(
             self, pipe, SnapshotDirectory(settings.snapshot.dir or None), self._io_group
         )
@@ -293,18 +295,24 @@ class Llava3DNode(LifecycleNode):
         )
         clock = self.get_clock()  # follows /clock under use_sim_time (reads 0 before it)
         self._ingest = IngestWorker(
-            self.pipeline, self._tf, sync, self.telemetry,
+            self.pipeline,
+            self._tf,
+            sync,
+            self.telemetry,
             IngestConfig(
-                map_frame=s.inputs.map_frame, robot_frame=s.inputs.robot_frame,
-                camera_frame=s.inputs.camera_frame, tf_timeout_s=s.tf.timeout_s,
-                period_s=s.ingest.period_s, backlog=2 * s.sync.queue_size,
+                map_frame=s.inputs.map_frame,
+                robot_frame=s.inputs.robot_frame,
+                camera_frame=s.inputs.camera_frame,
+                tf_timeout_s=s.tf.timeout_s,
+                period_s=s.ingest.period_s,
+                backlog=2 * s.sync.queue_size,
                 max_clock_skew_s=s.sync.max_clock_skew_s,
                 max_stamp_age_s=s.sync.max_stamp_age_s,
                 max_translation_m=s.tf.max_translation_m,
             ),
             self.get_logger(),
             now_ns=lambda: clock.now().nanoseconds,
-        )  # fmt: skip
+        )
         ingest = self._ingest
         self.sensors.subscribe(Image, s.inputs.color_topic, ingest.on_color, qos)
         self.sensors.subscribe(Image, s.inputs.depth_topic, ingest.on_depth, qos)
@@ -315,6 +323,12 @@ class Llava3DNode(LifecycleNode):
         self._ingest_timers = [
             self.create_timer(out.stats_period_s, self._publish_stats, self._io_group, self._steady)
         ]
+        if s.ingest.heap_trim_period_s > 0:
+            self._ingest_timers.append(
+                self.create_timer(
+                    s.ingest.heap_trim_period_s, trim_heap, self._io_group, self._steady
+                )
+            )
         if out.cloud_period_s > 0:
             self._ingest_timers.append(
                 self.create_timer(
@@ -416,10 +430,14 @@ class Llava3DNode(LifecycleNode):
             }
         self._diag_pub.publish(
             diagnostics_msg(
-                self._header(""), self.telemetry.snapshot(), self._active,
-                int(stats.num_voxels), pending, extra,
+                self._header(""),
+                self.telemetry.snapshot(),
+                self._active,
+                int(stats.num_voxels),
+                pending,
+                extra,
             )
-        )  # fmt: skip
+        )
 
     def _publish_objects(self) -> None:
         pipe, settings = self.pipeline, self.settings

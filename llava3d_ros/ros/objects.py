@@ -32,8 +32,9 @@ def scene_object_msg(inst: ObjectInstance) -> SceneObject:
     msg.top_scores = [float(v) for v in inst.labels.scores]
     msg.color = inst.colour
     fill_box_pose(msg.center, inst.box)
-    msg.size = Vector3(x=float(inst.box.size[0]), y=float(inst.box.size[1]),
-                       z=float(inst.box.size[2]))  # fmt: skip
+    msg.size = Vector3(
+        x=float(inst.box.size[0]), y=float(inst.box.size[1]), z=float(inst.box.size[2])
+    )
     msg.support_id = int(inst.support_id)
     msg.num_points = len(inst.points)
     msg.num_observations = int(inst.observations)
@@ -45,9 +46,7 @@ def scene_object_msg(inst: ObjectInstance) -> SceneObject:
     return msg
 
 
-def object_list_msg(
-    header: Header, snapshot: ObjectSnapshot, pending_crops: int = 0
-) -> ObjectList:
+def object_list_msg(header: Header, snapshot: ObjectSnapshot, pending_crops: int = 0) -> ObjectList:
     msg = ObjectList(
         header=header,
         objects=[scene_object_msg(i) for i in snapshot.instances],

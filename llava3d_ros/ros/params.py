@@ -101,6 +101,13 @@ class IngestSettings:
         0.001,
         1.0,
     )
+    heap_trim_period_s: float = option(
+        30.0,
+        "give free heap pages back to the OS this often while active (glibc malloc_trim; "
+        "freed per-frame image buffers otherwise stay resident; 0 = off)",
+        0.0,
+        3600.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -134,25 +141,30 @@ class SnapshotSettings:
     """``snapshot.*``: where snapshots live and when the node writes and reads them."""
 
     dir: str = option(
-        "", "the only directory snapshots are read from and written to "
+        "",
+        "the only directory snapshots are read from and written to "
         "(empty = $ROS_HOME/llava3d/snapshots, ROS_HOME defaulting to ~/.ros)",
-    )  # fmt: skip
+    )
     autosave_period_s: float = option(
-        0.0, "save the memory as snapshot 'autosave' this often while active (0 = off)",
-        0.0, 86_400.0,
-    )  # fmt: skip
+        0.0,
+        "save the memory as snapshot 'autosave' this often while active (0 = off)",
+        0.0,
+        86_400.0,
+    )
     load_on_configure: str = option(
-        "", "snapshot name to load when configuring, e.g. 'autosave' (empty = start empty; "
+        "",
+        "snapshot name to load when configuring, e.g. 'autosave' (empty = start empty; "
         "a missing or unloadable snapshot is logged and the node starts empty)",
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
 class EncoderChoice:
     backend: str = option(
-        "dinov2_onnx", "encoder backend (see llava3d_ros.core.encoders)",
+        "dinov2_onnx",
+        "encoder backend (see llava3d_ros.core.encoders)",
         choices=("dinov2_onnx", "hf_clip"),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -165,13 +177,15 @@ class LmmLoading:
         "(empty = none)",
     )
     device: str = option(
-        "auto", "device of the language model (auto = cuda when available)",
+        "auto",
+        "device of the language model (auto = cuda when available)",
         choices=("auto", "cpu", "cuda"),
-    )  # fmt: skip
+    )
     dtype: str = option(
-        "auto", "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
+        "auto",
+        "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
         choices=("auto", "bf16", "fp16", "fp32"),
-    )  # fmt: skip
+    )
 
 
 @dataclass(frozen=True)
@@ -214,6 +228,12 @@ class ParamSpec:
     min_value: float | None = None
     max_value: float | None = None
     choices: tuple[str, ...] = ()
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        if self.min_value is None or self.max_value is None:
+            return None
+        return self.min_value, self.max_value
 
 
 def _specs(prefix: str, cls: type) -> list[ParamSpec]:

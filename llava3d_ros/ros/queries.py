@@ -164,7 +164,9 @@ class QueryServer:
         def server(action: Any, kind: str, body: Any, validate: Any) -> ActionServer:
             # "~/ground": relative to the node, so namespaced nodes do not collide.
             return ActionServer(
-                node, action, f"~/{kind}",
+                node,
+                action,
+                f"~/{kind}",
                 execute_callback=lambda gh: self._run(gh, action, kind, body, validate),
                 goal_callback=self._admit,
                 cancel_callback=lambda _g: CancelResponse.ACCEPT,
@@ -172,7 +174,7 @@ class QueryServer:
                 goal_service_qos_profile=services_qos,
                 result_service_qos_profile=services_qos,
                 cancel_service_qos_profile=services_qos,
-            )  # fmt: skip
+            )
 
         self._servers = [
             server(Ground, "ground", self._ground, validate_ground),
@@ -264,9 +266,11 @@ class QueryServer:
         out = []
         for box, instance_id in zip(boxes, ids, strict=False):
             obj = GroundedObject(
-                label=box.label, score=float(box.score), num_voxels=int(box.num_voxels),
+                label=box.label,
+                score=float(box.score),
+                num_voxels=int(box.num_voxels),
                 instance_id=int(instance_id),
-            )  # fmt: skip
+            )
             obj.center = fill_box_pose(Pose(), box, t_target_map)
             obj.size = Vector3(x=float(box.size[0]), y=float(box.size[1]), z=float(box.size[2]))
             out.append(obj)
@@ -285,10 +289,13 @@ class QueryServer:
         except TransformUnavailableError as exc:
             return "TRANSFORM_FAILED", str(exc)
         outcome = self.pipeline.ground(
-            goal.query, int(goal.max_results), float(goal.min_score),
-            cancel=lambda: goal_handle.is_cancel_requested, on_stage=stage,
+            goal.query,
+            int(goal.max_results),
+            float(goal.min_score),
+            cancel=lambda: goal_handle.is_cancel_requested,
+            on_stage=stage,
             viewpoint=self._viewpoint(),
-        )  # fmt: skip
+        )
         result.header = self._header(frame_id)
         result.memory_voxels = outcome.memory_voxels
         result.objects = self.to_msgs(outcome.boxes, t_target_map, outcome.instance_ids)

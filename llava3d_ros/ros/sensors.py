@@ -19,6 +19,7 @@ import contextlib
 import threading
 from typing import Any
 
+from rclpy.clock import ROSClock
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -49,7 +50,10 @@ class SensorHub:
         own = getattr(main, "_time_source", None)  # rclpy.node.Node's time source
         if own is not None:
             own.detach_node()  # drops the main node's /clock subscription
-        source.attach_clock(main.get_clock())
+        clock = main.get_clock()
+        if not isinstance(clock, ROSClock):  # a Node's clock always is one
+            raise TypeError(f"node clock is a {type(clock).__name__}, not a ROSClock")
+        source.attach_clock(clock)
         source.ros_time_is_active = bool(main.get_parameter("use_sim_time").value)
         return source
 

@@ -158,9 +158,7 @@ def memory_stats_msg(
     if st.newest_stamp is not None:
         sec = int(st.newest_stamp // 1)
         msg.last_keyframe_stamp.sec = sec
-        msg.last_keyframe_stamp.nanosec = min(
-            round((st.newest_stamp - sec) * 1e9), 999_999_999
-        )
+        msg.last_keyframe_stamp.nanosec = min(round((st.newest_stamp - sec) * 1e9), 999_999_999)
     bounds = memory.bounds()  # type: ignore[attr-defined]
     if bounds is not None:
         lo, hi = (b.cpu().numpy().astype(float) for b in bounds)

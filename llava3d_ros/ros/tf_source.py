@@ -23,7 +23,7 @@ from llava3d_ros.ros.tf_buffer import (
 )
 
 try:  # a ROS 2 install
-    import tf2_ros  # type: ignore[import-not-found]
+    import tf2_ros
 except ImportError:  # ROS 2 from wheels
     tf2_ros = None
 

@@ -24,9 +24,12 @@ _BOX_RGBA = (0.1, 0.9, 0.2, 0.35)
 
 
 def box_markers(
-    header: Header, boxes: Sequence[Box3D], labels: Sequence[str], ns: str = "boxes",
+    header: Header,
+    boxes: Sequence[Box3D],
+    labels: Sequence[str],
+    ns: str = "boxes",
     rgba: tuple[float, float, float, float] = _BOX_RGBA,
-) -> list[Marker]:  # fmt: skip
+) -> list[Marker]:
     """A translucent cube and a text label per box (ids 0..n-1 in ``ns`` and
     ``ns + "_labels"``)."""
     markers: list[Marker] = []
@@ -82,9 +85,16 @@ def make_cloud(header: Header, points: np.ndarray, colors: np.ndarray) -> PointC
         PointField(name="rgb", offset=12, datatype=PointField.FLOAT32, count=1),
     ]
     return PointCloud2(
-        header=header, height=1, width=n, fields=fields, is_bigendian=False,
-        point_step=16, row_step=16 * n, data=data.tobytes(), is_dense=True,
-    )  # fmt: skip
+        header=header,
+        height=1,
+        width=n,
+        fields=fields,
+        is_bigendian=False,
+        point_step=16,
+        row_step=16 * n,
+        data=data.tobytes(),
+        is_dense=True,
+    )
 
 
 class Visualiser:

@@ -85,9 +85,11 @@ def test_vga_frames_cross_processes_intact(client_side, start_process) -> None: 
     )
     pub = node.create_publisher(Image, "/llava3d_test/image", 20)
     wait_until(
-        lambda: pub.get_subscription_count() > 0
-        and node.count_publishers("/llava3d_test/image_echo") > 0
-        and server.alive(),
+        lambda: (
+            pub.get_subscription_count() > 0
+            and node.count_publishers("/llava3d_test/image_echo") > 0
+            and server.alive()
+        ),
         10.0,
         "echo endpoints",
     )

@@ -15,8 +15,8 @@ import yaml
 
 from llava3d_ros.core.geometry import make_transform
 from llava3d_ros.core.questions import parse_question
-from llava3d_ros.eval import assets as A
-from llava3d_ros.eval.bag import (
+from llava3d_ros.sim import assets as A
+from llava3d_ros.sim.bag import (
     COLOR_TOPIC,
     DEPTH_TOPIC,
     FRAMES,
@@ -43,8 +43,7 @@ TOPICS = {
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bag") / "walk"
-    make_bag(out, BagConfig(seed=3, frames=FRAMES_N, rate=RATE, width=W, height=H),
-             progress=False)  # fmt: skip
+    make_bag(out, BagConfig(seed=3, frames=FRAMES_N, rate=RATE, width=W, height=H), progress=False)
     return out
 
 
@@ -104,8 +103,13 @@ def test_metadata_is_rosbag2_v9_with_the_type_hashes_rclpy_uses(bag: Path) -> No
 def test_every_topic_count_and_stamp_order(bag: Path) -> None:
     msgs = _read(bag)
     counts = {t: len(v) for t, v in msgs.items()}
-    assert counts == {COLOR_TOPIC: FRAMES_N, DEPTH_TOPIC: FRAMES_N, INFO_TOPIC: FRAMES_N,
-                      "/tf": FRAMES_N, "/tf_static": 1}  # fmt: skip
+    assert counts == {
+        COLOR_TOPIC: FRAMES_N,
+        DEPTH_TOPIC: FRAMES_N,
+        INFO_TOPIC: FRAMES_N,
+        "/tf": FRAMES_N,
+        "/tf_static": 1,
+    }
     period = round(1e9 / RATE)
     expected = [START_TIME_NS + i * period for i in range(FRAMES_N)]
     for topic in (COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC):
@@ -124,8 +128,9 @@ def test_every_topic_count_and_stamp_order(bag: Path) -> None:
 def test_images_and_camera_info(bag: Path) -> None:
     msgs = _read(bag)
     scene = json.loads((bag / "scene.json").read_text())
-    for (_, c), (_, d), (_, i) in zip(msgs[COLOR_TOPIC], msgs[DEPTH_TOPIC], msgs[INFO_TOPIC],
-                                      strict=True):  # fmt: skip
+    for (_, c), (_, d), (_, i) in zip(
+        msgs[COLOR_TOPIC], msgs[DEPTH_TOPIC], msgs[INFO_TOPIC], strict=True
+    ):
         assert (c.encoding, c.width, c.height, c.step) == ("rgb8", W, H, 3 * W)  # type: ignore[attr-defined]
         assert (d.encoding, d.width, d.height, d.step) == ("16UC1", W, H, 2 * W)  # type: ignore[attr-defined]
         assert len(c.data) == 3 * W * H and len(d.data) == 2 * W * H  # type: ignore[attr-defined]
@@ -142,15 +147,16 @@ def test_images_and_camera_info(bag: Path) -> None:
 
 
 def test_tf_tree_composes_to_the_rendered_camera_and_depth_lands_in_the_room(bag: Path) -> None:
-    from llava3d_ros.eval.scene import SceneSpec, walkthrough_poses
+    from llava3d_ros.sim.scene import SceneSpec, walkthrough_poses
 
     msgs = _read(bag)
     scene = json.loads((bag / "scene.json").read_text())
-    (_, static), = msgs["/tf_static"]
+    ((_, static),) = msgs["/tf_static"]
     edges = {(t.header.frame_id, t.child_frame_id): _matrix(t.transform) for t in static.transforms}  # type: ignore[attr-defined]
     assert set(edges) == {
-        ("base_link", "camera_link"), ("camera_link", "camera_color_optical_frame"),
-    }  # fmt: skip
+        ("base_link", "camera_link"),
+        ("camera_link", "camera_color_optical_frame"),
+    }
     t_link_opt = edges[("camera_link", "camera_color_optical_frame")]
     # Optical frame (REP-103): z forward = camera_link x, x right = -y, y down = -z.
     assert t_link_opt[:3, :3] == pytest.approx(
@@ -166,8 +172,12 @@ def test_tf_tree_composes_to_the_rendered_camera_and_depth_lands_in_the_room(bag
         # Every frame has exactly one parent and the tree is rooted at map.
         children = [c for _, c in (*dyn, *edges)]
         assert len(children) == len(set(children)) and "map" not in children
-        t_map_opt = (dyn[("map", "odom")] @ dyn[("odom", "base_link")]
-                     @ edges[("base_link", "camera_link")] @ t_link_opt)  # fmt: skip
+        t_map_opt = (
+            dyn[("map", "odom")]
+            @ dyn[("odom", "base_link")]
+            @ edges[("base_link", "camera_link")]
+            @ t_link_opt
+        )
         assert t_map_opt == pytest.approx(poses[i], abs=1e-6)
         assert not np.allclose(dyn[("map", "odom")], np.eye(4))  # odom is not a no-op
         # base_link is REP-103: z of the rig stays up (no roll), x forward horizontal-ish.
@@ -192,10 +202,18 @@ def test_tf_tree_composes_to_the_rendered_camera_and_depth_lands_in_the_room(bag
 def _outside_room(world: np.ndarray, room: tuple[float, float, float]) -> np.ndarray:
     """How far (m) each point lies outside the room box (0 inside)."""
     sx, sy, h = room
-    return np.max(np.column_stack([
-        np.abs(world[:, 0]) - sx / 2, np.abs(world[:, 1]) - sy / 2,
-        -world[:, 2], world[:, 2] - h, np.zeros(len(world)),
-    ]), axis=1)  # fmt: skip
+    return np.max(
+        np.column_stack(
+            [
+                np.abs(world[:, 0]) - sx / 2,
+                np.abs(world[:, 1]) - sy / 2,
+                -world[:, 2],
+                world[:, 2] - h,
+                np.zeros(len(world)),
+            ]
+        ),
+        axis=1,
+    )
 
 
 def test_replayed_bytes_deserialise_into_rclpy_messages(bag: Path) -> None:
@@ -242,11 +260,14 @@ def test_scene_json_ground_truth(bag: Path) -> None:
 
 
 def test_sqlite3_storage_noise_model_and_existing_output(tmp_path: Path) -> None:
-    from llava3d_ros.eval.scene import SceneSpec, walkthrough_poses
+    from llava3d_ros.sim.scene import SceneSpec, walkthrough_poses
 
     out = tmp_path / "small"
-    doc = make_bag(out, BagConfig(seed=1, frames=3, storage="sqlite3", width=160, height=120,
-                                  noise=True), progress=False)  # fmt: skip
+    doc = make_bag(
+        out,
+        BagConfig(seed=1, frames=3, storage="sqlite3", width=160, height=120, noise=True),
+        progress=False,
+    )
     meta = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert meta["storage_identifier"] == "sqlite3" and meta["version"] == 9
     msgs = _read(out)

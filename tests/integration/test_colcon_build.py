@@ -27,11 +27,21 @@ def test_colcon_builds_both_packages(tmp_path: Path) -> None:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     install = tmp_path / "install"
     cmd = [
-        colcon, "--log-base", str(tmp_path / "log"), "build",
-        "--base-paths", str(REPO_ROOT), str(REPO_ROOT / "ros2_ws" / "src"),
-        "--build-base", str(tmp_path / "build"), "--install-base", str(install),
-        "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}",
-    ]  # fmt: skip
+        colcon,
+        "--log-base",
+        str(tmp_path / "log"),
+        "build",
+        "--base-paths",
+        str(REPO_ROOT),
+        str(REPO_ROOT / "ros2_ws" / "src"),
+        "--build-base",
+        str(tmp_path / "build"),
+        "--install-base",
+        str(install),
+        "--cmake-args",
+        "-DBUILD_TESTING=OFF",
+        f"-DPython3_EXECUTABLE={sys.executable}",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert sorted(p.name for p in install.iterdir() if (p / "share").is_dir()) == [

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
-from llava3d_ros.eval import assets as A
-from llava3d_ros.eval.bag import BagConfig, make_bag
+from llava3d_ros.sim import assets as A
+from llava3d_ros.sim.bag import BagConfig, make_bag
 from tests.ros_env import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(
@@ -37,8 +37,16 @@ def _aabb_iou(box: dict, lo: list[float], hi: list[float]) -> float:
     """ScanRefer IoU written out independently: the predicted yaw box's axis-aligned hull
     against the ground-truth axis-aligned box."""
     c, s, yaw = np.asarray(box["center"]), np.asarray(box["size"]), box["yaw"]
-    half = np.array([abs(math.cos(yaw)) * s[0] + abs(math.sin(yaw)) * s[1],
-                     abs(math.sin(yaw)) * s[0] + abs(math.cos(yaw)) * s[1], s[2]]) / 2  # fmt: skip
+    half = (
+        np.array(
+            [
+                abs(math.cos(yaw)) * s[0] + abs(math.sin(yaw)) * s[1],
+                abs(math.sin(yaw)) * s[0] + abs(math.cos(yaw)) * s[1],
+                s[2],
+            ]
+        )
+        / 2
+    )
     p_lo, p_hi = c - half, c + half
     g_lo, g_hi = np.asarray(lo), np.asarray(hi)
     inter = np.prod(np.clip(np.minimum(p_hi, g_hi) - np.maximum(p_lo, g_lo), 0, None))
@@ -49,8 +57,11 @@ def _aabb_iou(box: dict, lo: list[float], hi: list[float]) -> float:
 @pytest.fixture(scope="module")
 def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "bag"
-    make_bag(out, BagConfig(seed=5, frames=FRAMES_N, rate=8.0, width=320, height=240,
-                            loops=0.5), progress=False)  # fmt: skip
+    make_bag(
+        out,
+        BagConfig(seed=5, frames=FRAMES_N, rate=8.0, width=320, height=240, loops=0.5),
+        progress=False,
+    )
     return out
 
 
@@ -67,8 +78,9 @@ def _random_head_params(tmp_path: Path) -> Path | None:
     torch.manual_seed(0)
     head = AlignmentHead(384, 384, metadata={"text_encoder": "minilm"}).save(tmp_path / "h.st")
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "encoder": {"head_path": str(head)}}}}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump({"/**": {"ros__parameters": {"encoder": {"head_path": str(head)}}}})
+    )
     return path
 
 
@@ -103,11 +115,25 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     params = _random_head_params(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "llava3d_ros.cli", "eval", "--bag", str(bag), "--queries",
-         str(qfile), "--out", str(out), "--no-progress",
-         *(["--params", str(params)] if params else [])],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=170,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "llava3d_ros.cli",
+            "eval",
+            "--bag",
+            str(bag),
+            "--queries",
+            str(qfile),
+            "--out",
+            str(out),
+            "--no-progress",
+            *(["--params", str(params)] if params else []),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     node_log = (out / "node.log").read_text() if (out / "node.log").exists() else ""
     assert proc.returncode == 0, proc.stdout + proc.stderr + node_log
     metrics = json.loads((out / "metrics.json").read_text())
@@ -151,8 +177,12 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     by_kind = g["by_kind"]
     assert set(by_kind) == {"name", "attribute", "spatial"}
     assert by_kind["name"]["n"] == 4 and by_kind["name"]["acc_at_0_25"] == g["acc_at_0_25"]
-    assert by_kind["spatial"] == {"n": 0, "acc_at_0_25": None, "acc_at_0_5": None,
-                                  "median_iou": None}  # fmt: skip
+    assert by_kind["spatial"] == {
+        "n": 0,
+        "acc_at_0_25": None,
+        "acc_at_0_5": None,
+        "median_iou": None,
+    }
 
     # Object instances: the final list in results.json; recall and precision at 0.25
     # recomputed here from it with the independent IoU.
@@ -163,11 +193,21 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
             assert r["instance_id"] in ids and r["instance_label"], r
     om = metrics["objects"]
     assert set(om) >= {
-        "n_gt_objects", "n_gt_furniture", "n_pred_objects", "n_pred_furniture",
-        "object_recall_at_0_25", "object_recall_at_0_5", "furniture_recall_at_0_25",
-        "furniture_recall_at_0_5", "object_precision_at_0_25", "object_ap_at_0_25",
-        "object_ap_at_0_5", "label_accuracy", "update_time_s", "update_count",
-    }  # fmt: skip
+        "n_gt_objects",
+        "n_gt_furniture",
+        "n_pred_objects",
+        "n_pred_furniture",
+        "object_recall_at_0_25",
+        "object_recall_at_0_5",
+        "furniture_recall_at_0_25",
+        "furniture_recall_at_0_5",
+        "object_precision_at_0_25",
+        "object_ap_at_0_25",
+        "object_ap_at_0_5",
+        "label_accuracy",
+        "update_time_s",
+        "update_count",
+    }
     assert om["includes_last_keyframe"] is True  # the evaluator waited for the layer
     assert om["n_pred_objects"] >= 1 and om["update_count"] >= 1
     assert om["n_pred_objects"] == sum(o["role"] == "object" for o in insts)
@@ -175,15 +215,19 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     visible = [o for o in scene["objects"] if o["visible"]]
     gt_obj = [o for o in visible if o["role"] == "object"]
     assert om["n_gt_objects"] == len(gt_obj) >= 1
-    found = [any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for p in insts)
-             for o in gt_obj]  # fmt: skip
+    found = [any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for p in insts) for o in gt_obj]
     assert om["object_recall_at_0_25"] == pytest.approx(np.mean(found), abs=1e-3)
     pred_obj = [p for p in insts if p["role"] == "object"]
-    precise = [any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for o in visible)
-               for p in pred_obj]  # fmt: skip
+    precise = [
+        any(_aabb_iou(p, o["aabb_min"], o["aabb_max"]) >= 0.25 for o in visible) for p in pred_obj
+    ]
     assert om["object_precision_at_0_25"] == pytest.approx(np.mean(precise), abs=1e-3)
-    for k in ("object_recall_at_0_5", "furniture_recall_at_0_25", "object_ap_at_0_25",
-              "object_ap_at_0_5"):  # fmt: skip
+    for k in (
+        "object_recall_at_0_5",
+        "furniture_recall_at_0_25",
+        "object_ap_at_0_25",
+        "object_ap_at_0_5",
+    ):
         assert om[k] is not None and 0.0 <= om[k] <= 1.0, (k, om[k])
     assert om["object_ap_at_0_5"] <= om["object_ap_at_0_25"]
 
@@ -216,7 +260,8 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     assert set(sq["by_type"]) == {"yes_no", "either_or", "distance", "count", "other"}
     assert sq["by_type"]["yes_no"]["n"] == 2 and sq["by_type"]["count"]["n"] == 2
     assert sq["by_type"]["yes_no"]["accuracy"] == pytest.approx(
-        np.mean([q["correct"] for q in qa[:2]]), abs=1e-3)  # fmt: skip
+        np.mean([q["correct"] for q in qa[:2]]), abs=1e-3
+    )
     assert sq["by_type"]["either_or"] == {"n": 0, "accuracy": None}
     assert sq["chance_floor"] == 0.25
 
@@ -225,8 +270,9 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     g_lat = [r["latency_ms"] for r in ground]
     assert lat["ground_p50"] == pytest.approx(np.percentile(g_lat, 50), abs=0.1)
     assert lat["ground_p95"] == pytest.approx(np.percentile(g_lat, 95), abs=0.1)
-    assert lat["ask_p50"] == pytest.approx(np.percentile([r["latency_ms"] for r in qa], 50),
-                                           abs=0.1)  # fmt: skip
+    assert lat["ask_p50"] == pytest.approx(
+        np.percentile([r["latency_ms"] for r in qa], 50), abs=0.1
+    )
     assert 0 < lat["ground_p50"] <= lat["ground_p95"]
 
     # Ingest: every frame arrived over DDS; drops add up; rate from the counts.
@@ -234,8 +280,9 @@ def test_eval_scores_are_computed_correctly(bag: Path, tmp_path: Path) -> None:
     assert ing["frames_published"] == FRAMES_N and ing["frames_received"] == FRAMES_N
     assert 1 <= ing["keyframes"] <= FRAMES_N
     assert ing["dropped"] == sum(ing["drop_reasons"].values())
-    assert ing["keyframes_per_s"] == pytest.approx(ing["keyframes"] / ing["ingest_wall_s"],
-                                                   rel=0.02)  # fmt: skip
+    assert ing["keyframes_per_s"] == pytest.approx(
+        ing["keyframes"] / ing["ingest_wall_s"], rel=0.02
+    )
     assert metrics["memory"]["voxels"] > 0 and metrics["memory"]["peak_rss_mb"] > 50
     from safetensors import safe_open
 

@@ -45,8 +45,14 @@ def write_params(tmp_path: Path, **overrides: object) -> Path:
 
 
 class NodeUnderTest:
-    def __init__(self, client_side, start_process, tmp_path: Path, proc_name: str = "llava3d",  # type: ignore[no-untyped-def]
-                 **overrides: object):  # fmt: skip
+    def __init__(
+        self,
+        client_side,
+        start_process,
+        tmp_path: Path,
+        proc_name: str = "llava3d",  # type: ignore[no-untyped-def]
+        **overrides: object,
+    ):
         params = write_params(tmp_path, **overrides)
         self.proc = start_process(
             ["-m", "llava3d_ros.cli", "up", "--params", str(params)], name=proc_name
@@ -101,8 +107,9 @@ def test_ingest_real_frames_and_memory_services(
     client_side, start_process, tmp_path, real_frame
 ) -> None:  # type: ignore[no-untyped-def]
     snaps = tmp_path / "snapshots"
-    n = NodeUnderTest(client_side, start_process, tmp_path, **NO_HEAD,
-                      **{"snapshot.dir": str(snaps)})  # fmt: skip
+    n = NodeUnderTest(
+        client_side, start_process, tmp_path, **NO_HEAD, **{"snapshot.dir": str(snaps)}
+    )
     _feed(n, real_frame, 4)
     wait_until(lambda: n.latest().keyframes_integrated >= 4, 60.0, "4 keyframes")
     stats = n.latest()
@@ -170,8 +177,10 @@ def test_ingest_real_frames_and_memory_services(
     assert victim.read_text() == "keep me"
     assert (snaps / "notes.safetensors").read_text() == "not a snapshot"
     assert sorted(p.name for p in snaps.iterdir()) == [
-        "bad.safetensors", "mem.safetensors", "notes.safetensors"
-    ]  # fmt: skip
+        "bad.safetensors",
+        "mem.safetensors",
+        "notes.safetensors",
+    ]
     assert n.proc.alive()
 
 

@@ -39,8 +39,8 @@ OVERRIDES = {"keyframes.max_interval_s": 0.5}
 @pytest.fixture(scope="module")
 def walkthrough():  # type: ignore[no-untyped-def]
     pytest.importorskip("pyrender")
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import (
+    from llava3d_ros.sim.render import RGBDRenderer
+    from llava3d_ros.sim.scene import (
         build_pyrender_scene,
         compose_room,
         object_boxes,
@@ -92,17 +92,23 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
     voxels = []
     for i, (pose, f) in enumerate(zip(poses, frames, strict=True)):
         k = f.intrinsics
-        frame = RgbdFrame(f.rgb, np.zeros(f.depth.shape, np.uint16),
-                          [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0])  # fmt: skip
+        frame = RgbdFrame(
+            f.rgb,
+            np.zeros(f.depth.shape, np.uint16),
+            [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+        )
         stamp = (10 + i) * S
         n.player.publish_camera_pose(stamp, pose)
         # Metric float depth as a 32FC1 image: exactly what the renderer produced.
-        n.player.publish_frame(frame, stamp, depth=f.depth.astype(np.float32),
-                               depth_encoding="32FC1")  # fmt: skip
-        wait_until(lambda i=i: n.latest().keyframes_integrated >= i + 1, 60.0,
-                   f"keyframe {i + 1}")  # fmt: skip
-        wait_until(lambda i=i: len(n.stats) and n.latest().keyframes_integrated == i + 1, 5.0,
-                   "fresh stats")  # fmt: skip
+        n.player.publish_frame(
+            frame, stamp, depth=f.depth.astype(np.float32), depth_encoding="32FC1"
+        )
+        wait_until(lambda i=i: n.latest().keyframes_integrated >= i + 1, 60.0, f"keyframe {i + 1}")
+        wait_until(
+            lambda i=i: len(n.stats) and n.latest().keyframes_integrated == i + 1,
+            5.0,
+            "fresh stats",
+        )
         voxels.append(n.latest().num_voxels)
     assert sum(n.latest().drop_counts) == 0, n.drops()
     assert voxels == sorted(voxels) and voxels[-1] > 2 * voxels[0], voxels
@@ -110,8 +116,9 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
     last = 10 + FRAMES - 1  # stamp (s) of the last keyframe
     wait_until(
         lambda: lists and lists[-1].data_stamp.sec == last and lists[-1].pending_crops == 0,
-        60.0, "objects segmented and their crops encoded",
-    )  # fmt: skip
+        60.0,
+        "objects segmented and their crops encoded",
+    )
     listed = {o.id: o for o in lists[-1].objects}
     assert sum(o.role == "object" for o in listed.values()) >= len(spec.objects) - 1
 

@@ -26,10 +26,17 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _node(client_side, start_process, tmp_path, tiny_models, **kw):  # type: ignore[no-untyped-def]
     clip, lmm = tiny_models
     return NodeUnderTest(
-        client_side, start_process, tmp_path,
-        **{"encoder.backend": "hf_clip", "encoder.model": str(clip), "lmm.checkpoint": str(lmm),
-           "query.max_concurrent": 1, **kw},
-    )  # fmt: skip
+        client_side,
+        start_process,
+        tmp_path,
+        **{
+            "encoder.backend": "hf_clip",
+            "encoder.model": str(clip),
+            "lmm.checkpoint": str(lmm),
+            "query.max_concurrent": 1,
+            **kw,
+        },
+    )
 
 
 def test_open_question_streams_cancels_and_rejects_when_busy(

@@ -161,9 +161,12 @@ def test_bad_input_is_dropped_by_reason_and_good_frames_and_goals_follow(
     no_depth_match), the zero-stamped frame was integrated at the latest pose, the 1e9 m
     pose counted as a keyframe and the |q| = 2 camera transform was accepted."""
     n = NodeUnderTest(
-        client_side, start_process, tmp_path,
-        **{"tf.timeout_s": 1.0, "sync.max_clock_skew_s": 5.0}, **NO_HEAD,
-    )  # fmt: skip
+        client_side,
+        start_process,
+        tmp_path,
+        **{"tf.timeout_s": 1.0, "sync.max_clock_skew_s": 5.0},
+        **NO_HEAD,
+    )
     f, p = real_frame, n.player
     p.publish_static()
     base = time.time_ns()  # the node runs on the wall clock (no use_sim_time)
@@ -203,11 +206,19 @@ def test_bad_input_is_dropped_by_reason_and_good_frames_and_goals_follow(
     frame(0.8, depth=np.full(f.depth_mm.shape, np.inf, np.float32), depth_encoding="32FC1")
     frame(0.9, depth=np.zeros_like(f.depth_mm))
     expected = {
-        "stamp_out_of_range": 2, "zero_stamp": 2, "bad_pose": 1, "tf_unknown_frame": 3,
-        "unknown_encoding": 1, "size_mismatch": 1, "no_valid_depth": 3,
-    }  # fmt: skip
-    wait_until(lambda: all(n.drops().get(k, 0) >= v for k, v in expected.items()), 30.0,
-               f"drops {expected}, have {n.drops()}")  # fmt: skip
+        "stamp_out_of_range": 2,
+        "zero_stamp": 2,
+        "bad_pose": 1,
+        "tf_unknown_frame": 3,
+        "unknown_encoding": 1,
+        "size_mismatch": 1,
+        "no_valid_depth": 3,
+    }
+    wait_until(
+        lambda: all(n.drops().get(k, 0) >= v for k, v in expected.items()),
+        30.0,
+        f"drops {expected}, have {n.drops()}",
+    )
     # Camera info: zero focal length, then a size that does not match the images. Each
     # is published alone first, so the frame after it is paired with it.
     for k, width, reason in (
@@ -255,9 +266,11 @@ def test_bad_goals_of_every_kind_are_answered_and_the_node_keeps_serving(
         (Ground.Goal(query=""), {Ground.Result.BAD_QUERY}),
         (Ground.Goal(query="x" * 100_000), {Ground.Result.BAD_QUERY}),
         (Ground.Goal(query="the mug\x00; DROP TABLE"), {Ground.Result.MODEL_UNAVAILABLE}),
-        (Ground.Goal(query="die Tasse \u2615 \u6211\u7684\u676f\u5b50 \U0001f600"),
-         {Ground.Result.MODEL_UNAVAILABLE}),
-    ]  # fmt: skip
+        (
+            Ground.Goal(query="die Tasse \u2615 \u6211\u7684\u676f\u5b50 \U0001f600"),
+            {Ground.Result.MODEL_UNAVAILABLE},
+        ),
+    ]
     for goal, codes in cases:
         r = n.send(n.ground, goal)
         assert r.result.error_code in codes, (goal.query[:40], r.result.error_msg)
@@ -308,9 +321,11 @@ def test_cleanup_configure_cycles_keep_memory_bounded(
         wait_until(lambda: n.latest().keyframes_integrated >= 1, 60.0, f"keyframe {cycle}")
         rss.append(_rss_mb(pid))
         for t in (
-            Transition.TRANSITION_DEACTIVATE, Transition.TRANSITION_CLEANUP,
-            Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE,
-        ):  # fmt: skip
+            Transition.TRANSITION_DEACTIVATE,
+            Transition.TRANSITION_CLEANUP,
+            Transition.TRANSITION_CONFIGURE,
+            Transition.TRANSITION_ACTIVATE,
+        ):
             change.transition.id = t
             assert n.service(ChangeState, "/llava3d/change_state", change).success, t
         count = len(n.stats)
@@ -362,10 +377,16 @@ def test_bursts_fast_rejects_and_cancel_storms_all_get_answers(
 
     clip, lmm = tiny_models
     n = NodeUnderTest(
-        client_side, start_process, tmp_path,
-        **{"encoder.backend": "hf_clip", "encoder.model": str(clip), "lmm.checkpoint": str(lmm),
-           "query.max_concurrent": 2},
-    )  # fmt: skip
+        client_side,
+        start_process,
+        tmp_path,
+        **{
+            "encoder.backend": "hf_clip",
+            "encoder.model": str(clip),
+            "lmm.checkpoint": str(lmm),
+            "query.max_concurrent": 2,
+        },
+    )
     n.player.publish_static()
     n.player.publish_pose(10 * S, 0.0)
     n.player.publish_frame(real_frame, 10 * S)
@@ -379,9 +400,11 @@ def test_bursts_fast_rejects_and_cancel_storms_all_get_answers(
         names = [r.error_name for r in results]
         assert "TIMEOUT" not in names, names
         assert names.count("REJECTED") < 20 and all(
-            r.error_name == "REJECTED" or r.status == GoalStatus.STATUS_SUCCEEDED
-            or r.status == GoalStatus.STATUS_ABORTED for r in results
-        ), names  # fmt: skip
+            r.error_name == "REJECTED"
+            or r.status == GoalStatus.STATUS_SUCCEEDED
+            or r.status == GoalStatus.STATUS_ABORTED
+            for r in results
+        ), names
 
         # Busy with 2 slow goals: a third is rejected at once, every time.
         slow = [client.ask_async("Describe everything.", max_new_tokens=10_000) for _ in range(2)]
@@ -471,8 +494,9 @@ def test_kill_9_during_ingest_then_restart_restores_the_last_autosave(
     after_last_keyframe = time.time()
     wait_until(
         lambda: autosave.is_file() and autosave.stat().st_mtime > after_last_keyframe,
-        10.0, "an autosave after the last keyframe",
-    )  # fmt: skip
+        10.0,
+        "an autosave after the last keyframe",
+    )
     # More frames are streaming when the node is killed (ingest is busy).
     _feed(n, real_frame, 3, start_s=20)
     n.proc.proc.kill()

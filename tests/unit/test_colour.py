@@ -48,9 +48,21 @@ def _object(
 
 def test_vocabulary_is_fixed_and_grouped() -> None:
     assert COLOUR_NAMES == (
-        "red", "orange", "yellow", "green", "dark green", "blue", "purple", "pink",
-        "brown", "beige", "black", "white", "grey", "silver",
-    )  # fmt: skip
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "dark green",
+        "blue",
+        "purple",
+        "pink",
+        "brown",
+        "beige",
+        "black",
+        "white",
+        "grey",
+        "silver",
+    )
     grouped = [n for family in COLOUR_FAMILIES for n in family]
     assert sorted(grouped) == sorted(COLOUR_NAMES)
 
@@ -163,9 +175,9 @@ def test_bad_light_raises() -> None:
 def test_rendered_assets_get_their_labelled_colour() -> None:
     """Real textures under a composed room's lights (needs offscreen GL)."""
     pytest.importorskip("pyrender")
-    from llava3d_ros.eval.assets import catalog
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, object_views
+    from llava3d_ros.sim.assets import catalog
+    from llava3d_ros.sim.render import RGBDRenderer
+    from llava3d_ros.sim.scene import build_pyrender_scene, compose_room, object_views
 
     try:
         renderer = RGBDRenderer(160, 120)

@@ -27,7 +27,7 @@ from llava3d_ros.core.encoders import (
     create_encoders,
     load_alignment_head,
 )
-from llava3d_ros.eval.train_head import METRICS_FILE, class_targets, default_head_path
+from llava3d_ros.train.train_head import METRICS_FILE, class_targets, default_head_path
 
 HEAD = default_head_path()
 MODEL_DIR = HEAD.parent
@@ -147,15 +147,15 @@ def heldout_closeups(bundle):
     ground features (N, 16, 16, D), per-patch majority class (N, 256), its pixel share
     (N, 256), the looked-at object's class per view)."""
     pytest.importorskip("pyrender")
-    from llava3d_ros.eval.assets import get_asset
-    from llava3d_ros.eval.headdata import (
+    from llava3d_ros.sim.assets import get_asset
+    from llava3d_ros.sim.render import RGBDRenderer
+    from llava3d_ros.sim.scene import build_pyrender_scene, compose_room, object_views
+    from llava3d_ros.train.headdata import (
         BACKGROUND_CLASSES,
         HeadVocabulary,
         patch_class_counts,
         pixel_classes,
     )
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import build_pyrender_scene, compose_room, object_views
 
     vocab = HeadVocabulary.from_dict(bundle.image.head.metadata["vocabulary"])
     bg = tuple(vocab.index(c) for c in BACKGROUND_CLASSES)
@@ -209,7 +209,7 @@ def test_queries_rank_the_right_category_first_on_heldout_views(bundle, heldout_
     Measured with the shipped head: names 20/21 views, paraphrases 57/63."""
     vocab, feats, labels, fracs, wanted = heldout_closeups
     names_ok, para_ok, para_n = 0, 0, 0
-    from llava3d_ros.eval.headdata import heldout_paraphrases
+    from llava3d_ros.train.headdata import heldout_paraphrases
 
     views = 0
     for i, cls in enumerate(wanted):
@@ -250,7 +250,7 @@ def test_grounding_puts_the_top_box_on_the_object_in_a_heldout_room() -> None:
     frames per held-out room, then every object queried by its category name; the top box's
     centre must lie on the queried object. Measured: 12 of 18 (about 18 s here)."""
     pytest.importorskip("pyrender")
-    from llava3d_ros.eval.train_head import grounding_eval
+    from llava3d_ros.train.train_head import grounding_eval
 
     result = grounding_eval(HEAD, list(TEST_ROOMS), progress=False)
     assert result["queries"] == 6 * len(TEST_ROOMS)

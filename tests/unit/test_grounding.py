@@ -30,6 +30,7 @@ D = 384
 # 30 deg with oriented=True 0.73 / 0.75 (axis-aligned: 0.33). Bounds keep a margin.
 IOU_BOUND = {"table": 0.8, "chair": 0.8, "bowl": 0.6, "mug": 0.4, "bench": 0.65}
 
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
@@ -39,8 +40,9 @@ def _box_shell(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     it rests on something and is never seen)."""
     i0 = np.round(lo / VS).astype(np.int64)
     i1 = np.round(hi / VS).astype(np.int64)
-    g = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(i0, i1, strict=True)],
-                             indexing="ij"), axis=-1).reshape(-1, 3)
+    g = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(i0, i1, strict=True)], indexing="ij"), axis=-1
+    ).reshape(-1, 3)
     side = np.zeros(len(g), dtype=bool)
     for ax in range(2):
         side |= (g[:, ax] == i0[ax]) | (g[:, ax] == i1[ax] - 1)
@@ -48,8 +50,9 @@ def _box_shell(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return g[side | top]
 
 
-def _rotated_shell(center: np.ndarray, size: np.ndarray, yaw: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _rotated_shell(
+    center: np.ndarray, size: np.ndarray, yaw: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Voxels of the surface (sides + top) of a yaw-rotated box, by dense sampling:
     (coords (N, 3), centroids (N, 3) = mean of the surface samples in each voxel, as the
     memory's running-mean centroid would be)."""
@@ -88,8 +91,7 @@ def build_scene(seed: int = 0, keep: float = 0.8, noise: float = 0.5) -> Scene:
     dropout (unseen surface), a bottom layer mixed 50/50 with the support's feature, and
     a few isolated "flying pixel" voxels."""
     rng = np.random.default_rng(seed)
-    cats = ["table", "mug", "bowl", "chair", "bench", "floor", "wall", "objectness",
-            "unseen"]
+    cats = ["table", "mug", "bowl", "chair", "bench", "floor", "wall", "objectness", "unseen"]
     dirs = {c: v for c, v in zip(cats, _unit(rng.normal(size=(len(cats), D))), strict=True)}
     obj = dirs["objectness"]
 
@@ -112,18 +114,23 @@ def build_scene(seed: int = 0, keep: float = 0.8, noise: float = 0.5) -> Scene:
         gt.setdefault(cat, []).append(Box3D.from_min_max(lo_a, hi_a, label=cat))
 
     # Background: floor slab under z=0 and a wall at x<0.
-    fl = np.stack(np.meshgrid(np.arange(0, 80), np.arange(0, 80), [-1], indexing="ij"),
-                  -1).reshape(-1, 3)
-    wl = np.stack(np.meshgrid([-1], np.arange(0, 80), np.arange(0, 40), indexing="ij"),
-                  -1).reshape(-1, 3)
+    fl = np.stack(np.meshgrid(np.arange(0, 80), np.arange(0, 80), [-1], indexing="ij"), -1).reshape(
+        -1, 3
+    )
+    wl = np.stack(np.meshgrid([-1], np.arange(0, 80), np.arange(0, 40), indexing="ij"), -1).reshape(
+        -1, 3
+    )
     parts += [(fl, "floor", None, None), (wl, "wall", None, None)]
     add_box("table", [1.0, 1.0, 0.0], [2.2, 1.8, 0.75], "floor")
     add_box("mug", [1.2, 1.2, 0.75], [1.3, 1.3, 0.9], "table")
     add_box("mug", [1.8, 1.5, 0.75], [1.9, 1.6, 0.9], "table")
     add_box("bowl", [3.0, 0.5, 0.0], [3.3, 0.8, 0.1], "floor")
     add_box("chair", [2.6, 2.6, 0.0], [3.1, 3.1, 0.9], "floor")
-    bench_c, bench_s, bench_yaw = np.array([1.2, 3.1, 0.225]), np.array([1.2, 0.3, 0.45]), \
-        math.radians(30.0)
+    bench_c, bench_s, bench_yaw = (
+        np.array([1.2, 3.1, 0.225]),
+        np.array([1.2, 0.3, 0.45]),
+        math.radians(30.0),
+    )
     g, gc = _rotated_shell(bench_c, bench_s, bench_yaw, rng)
     kept = rng.random(len(g)) < keep
     parts.append((g[kept], "bench", "floor", gc[kept]))
@@ -157,14 +164,22 @@ def build_scene(seed: int = 0, keep: float = 0.8, noise: float = 0.5) -> Scene:
     counts = rng.integers(1, 60, len(c))
     text = {k: torch.tensor(text_feat(k), dtype=torch.float32) for k in dirs}
     negs = torch.stack([torch.tensor(obj, dtype=torch.float32), text["floor"], text["wall"]])
-    return Scene(torch.tensor(cent, dtype=torch.float32), torch.tensor(f, dtype=torch.float32),
-                 torch.tensor(counts), gt, text, negs, np.array(cat_of))
+    return Scene(
+        torch.tensor(cent, dtype=torch.float32),
+        torch.tensor(f, dtype=torch.float32),
+        torch.tensor(counts),
+        gt,
+        text,
+        negs,
+        np.array(cat_of),
+    )
 
 
 def _ground(scene: Scene, cat: str, config: GroundingConfig | None = None, **kw):
     g = Grounder(config or GroundingConfig(), negatives=scene.negatives)
-    return g.ground(scene.text[cat], scene.centroids, scene.features, scene.counts, VS,
-                    label=cat, **kw)
+    return g.ground(
+        scene.text[cat], scene.centroids, scene.features, scene.counts, VS, label=cat, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +231,12 @@ def test_unrelated_query_is_no_match(scene: Scene) -> None:
     res = _ground(scene, "unseen")
     assert res.no_match and res.boxes == [] and res.code == BELOW_MIN_SCORE
     assert "min_score" in res.reason
-    rnd = torch.nn.functional.normalize(torch.randn(D, generator=torch.Generator().manual_seed(3)),
-                                        dim=0)
+    rnd = torch.nn.functional.normalize(
+        torch.randn(D, generator=torch.Generator().manual_seed(3)), dim=0
+    )
     res2 = Grounder(negatives=scene.negatives).ground(
-        rnd, scene.centroids, scene.features, scene.counts, VS)
+        rnd, scene.centroids, scene.features, scene.counts, VS
+    )
     assert res2.no_match
 
 
@@ -235,8 +252,7 @@ def test_min_score_is_meaningful(scene: Scene) -> None:
 
 def test_empty_memory() -> None:
     g = Grounder()
-    res = g.ground(torch.ones(D) / D**0.5, torch.zeros(0, 3), torch.zeros(0, D),
-                   torch.zeros(0), VS)
+    res = g.ground(torch.ones(D) / D**0.5, torch.zeros(0, 3), torch.zeros(0, D), torch.zeros(0), VS)
     assert res.no_match and res.empty_memory and res.code == EMPTY_MEMORY
     assert res.boxes == [] and res.voxel_scores.shape == (0,)
 
@@ -246,8 +262,14 @@ def test_dimension_mismatch_raises(scene: Scene) -> None:
     with pytest.raises(ValueError, match="dimension"):
         g.ground(torch.ones(512), scene.centroids, scene.features, scene.counts, VS)
     with pytest.raises(ValueError, match="negatives"):
-        g.ground(scene.text["mug"], scene.centroids, scene.features, scene.counts, VS,
-                 negatives=torch.ones(2, 100))
+        g.ground(
+            scene.text["mug"],
+            scene.centroids,
+            scene.features,
+            scene.counts,
+            VS,
+            negatives=torch.ones(2, 100),
+        )
     with pytest.raises(ValueError, match="centroids"):
         g.ground(scene.text["mug"], scene.centroids[:-1], scene.features, scene.counts, VS)
 
@@ -284,14 +306,14 @@ def test_oriented_box_is_tighter_for_rotated_object(scene: Scene) -> None:
 def test_query_equal_to_a_negative_is_not_cancelled(scene: Scene) -> None:
     # "floor" is itself a negative prompt; it must be dropped for this query, not compete.
     res = Grounder(negatives=scene.negatives).ground(
-        scene.text["floor"], scene.centroids, scene.features, scene.counts, VS)
+        scene.text["floor"], scene.centroids, scene.features, scene.counts, VS
+    )
     assert not res.no_match
     assert res.boxes[0].size[0] > 3.5 and res.boxes[0].size[2] < 0.2
 
 
 def test_without_negatives_uses_fallback_bias(scene: Scene) -> None:
-    res = Grounder().ground(scene.text["chair"], scene.centroids, scene.features,
-                            scene.counts, VS)
+    res = Grounder().ground(scene.text["chair"], scene.centroids, scene.features, scene.counts, VS)
     assert not res.no_match
     assert res.boxes[0].iou(scene.boxes["chair"][0]) > IOU_BOUND["chair"]
 
@@ -300,8 +322,9 @@ def test_voxel_coords_argument_matches_derived(scene: Scene) -> None:
     coords = torch.floor(scene.centroids / VS).to(torch.int64)
     g = Grounder(negatives=scene.negatives)
     a = g.ground(scene.text["table"], scene.centroids, scene.features, scene.counts, VS)
-    b = g.ground(scene.text["table"], scene.centroids, scene.features, scene.counts, VS,
-                 voxel_coords=coords)
+    b = g.ground(
+        scene.text["table"], scene.centroids, scene.features, scene.counts, VS, voxel_coords=coords
+    )
     assert [x.to_dict() for x in a.boxes] == [x.to_dict() for x in b.boxes]
 
 
@@ -320,8 +343,12 @@ def test_selection_cap_keeps_top_voxels(scene: Scene) -> None:
 def test_from_text_encoder_encodes_negative_prompts(scene: Scene) -> None:
     from llava3d_ros.core.encoders.base import TextEncoder
 
-    table = {"object": scene.negatives[0], "floor": scene.negatives[1],
-             "wall": scene.negatives[2], "chair": scene.text["chair"]}
+    table = {
+        "object": scene.negatives[0],
+        "floor": scene.negatives[1],
+        "wall": scene.negatives[2],
+        "chair": scene.text["chair"],
+    }
 
     class Fake(TextEncoder):
         name, dim = "fake", D
@@ -332,8 +359,13 @@ def test_from_text_encoder_encodes_negative_prompts(scene: Scene) -> None:
     cfg = GroundingConfig(negative_prompts=("object", "floor", "wall"))
     g = Grounder.from_text_encoder(Fake(), cfg)
     assert g.negatives is not None and g.negatives.shape == (3, D)
-    res = g.ground(Fake().encode_text(["chair"])[0], scene.centroids, scene.features,
-                   scene.counts, np.float32(VS))
+    res = g.ground(
+        Fake().encode_text(["chair"])[0],
+        scene.centroids,
+        scene.features,
+        scene.counts,
+        np.float32(VS),
+    )
     assert res.boxes[0].iou(scene.boxes["chair"][0]) > IOU_BOUND["chair"]
 
 

@@ -39,10 +39,18 @@ def _tiny_tokenizer(tmp: Path):  # type: ignore[no-untyped-def]
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("\n".join(merges) + "\n")
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "unk_token": "<|endoftext|>",
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "model_max_length": 77}))
+    (tmp / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "unk_token": "<|endoftext|>",
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "model_max_length": 77,
+            }
+        )
+    )
     return CLIPTokenizer.from_pretrained(str(tmp)), len(vocab)
 
 
@@ -50,12 +58,25 @@ def _tiny_config(vocab_size: int):  # type: ignore[no-untyped-def]
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config={"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                       "num_attention_heads": 4, "image_size": 56, "patch_size": 14},
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 4,
+            "image_size": 56,
+            "patch_size": 14,
+        },
         projection_dim=24,
     )
 
@@ -75,8 +96,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "clip"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": MEAN, "image_std": STD, "resample": 3, "crop_size": 56}))
+    (out / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": MEAN, "image_std": STD, "resample": 3, "crop_size": 56})
+    )
     return out
 
 
@@ -123,8 +145,9 @@ def test_preprocessing_reads_checkpoint_stats(bundle) -> None:  # type: ignore[n
 
 @pytest.mark.parametrize("select_layer", [-2, -1, 1])
 def test_vision_equals_plain_hidden_states(tiny_dir: Path, select_layer: int) -> None:
-    enc = create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "text": False,
-                           "select_layer": select_layer}).image
+    enc = create_encoders(
+        {"backend": "hf_clip", "model": str(tiny_dir), "text": False, "select_layer": select_layer}
+    ).image
     images = _images(2)
     pixels = enc.preprocess(images)
     ref = _reference_model(tiny_dir)
@@ -168,23 +191,24 @@ def _hand_dense(tiny_dir: Path, pixels: torch.Tensor, mode: str) -> np.ndarray:
             a /= a.sum(1, keepdims=True)
             o[:, sl] = a @ v[:, sl]
     y = lin("out_proj", o)
-    y = _np_layer_norm(y, sd["vision_model.post_layernorm.weight"],
-                       sd["vision_model.post_layernorm.bias"], eps)
+    y = _np_layer_norm(
+        y, sd["vision_model.post_layernorm.weight"], sd["vision_model.post_layernorm.bias"], eps
+    )
     f = y @ sd["visual_projection.weight"].T
     return f / np.linalg.norm(f, axis=-1, keepdims=True)
 
 
 @pytest.mark.parametrize("mode", ["maskclip", "clearclip"])
 def test_dense_matches_hand_computation(tiny_dir: Path, mode: str) -> None:
-    enc = create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "text": False,
-                           "dense_mode": mode}).image
+    enc = create_encoders(
+        {"backend": "hf_clip", "model": str(tiny_dir), "text": False, "dense_mode": mode}
+    ).image
     img = _images(1, seed=3)
     got = enc.encode(img)[GROUND][0].numpy()  # (g, g, P)
     want = _hand_dense(tiny_dir, enc.preprocess(img), mode)[1:].reshape(GRID, GRID, -1)
     np.testing.assert_allclose(got, want, atol=2e-5)
     # Patch (1, 2) explicitly: token 1 + 1 * GRID + 2 in the sequence.
-    np.testing.assert_allclose(got[1, 2], want.reshape(-1, want.shape[-1])[1 * GRID + 2],
-                               atol=2e-5)
+    np.testing.assert_allclose(got[1, 2], want.reshape(-1, want.shape[-1])[1 * GRID + 2], atol=2e-5)
 
 
 def test_all_dense_modes_one_pass(bundle) -> None:  # type: ignore[no-untyped-def]
@@ -229,8 +253,9 @@ def test_deterministic_and_batching(bundle) -> None:  # type: ignore[no-untyped-
 
 
 def test_other_input_size_interpolates_positions(tiny_dir: Path) -> None:
-    enc = create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "text": False,
-                           "input_size": 84}).image
+    enc = create_encoders(
+        {"backend": "hf_clip", "model": str(tiny_dir), "text": False, "input_size": 84}
+    ).image
     out = enc.encode(_images(1))
     assert out[VISION].shape == (1, 6, 6, 32) and out[GROUND].shape == (1, 6, 6, 24)
     with pytest.raises(EncoderError, match="multiple"):
@@ -238,8 +263,15 @@ def test_other_input_size_interpolates_positions(tiny_dir: Path) -> None:
 
 
 def test_bfloat16_runs_and_returns_float32(tiny_dir: Path, bundle) -> None:  # type: ignore[no-untyped-def]
-    enc = create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "text": False,
-                           "dtype": "bfloat16", "dense_mode": "maskclip"}).image
+    enc = create_encoders(
+        {
+            "backend": "hf_clip",
+            "model": str(tiny_dir),
+            "text": False,
+            "dtype": "bfloat16",
+            "dense_mode": "maskclip",
+        }
+    ).image
     images = _images(1)
     out = enc.encode(images)
     assert out[GROUND].dtype == torch.float32
@@ -275,8 +307,7 @@ def test_text_guards(bundle, tiny_dir: Path, caplog: pytest.LogCaptureFixture) -
     assert "truncated" in caplog.text and emb.shape == (1, 24)
     for templates in ([], ["no placeholder"], ["{} and {}"]):
         with pytest.raises(EncoderError, match="template"):
-            create_encoders({"backend": "hf_clip", "model": str(tiny_dir),
-                             "templates": templates})
+            create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "templates": templates})
 
 
 def test_vision_only_checkpoint(tmp_path: Path, tiny_dir: Path) -> None:
@@ -304,8 +335,11 @@ def test_loader_errors(tmp_path: Path, tiny_dir: Path) -> None:
     with pytest.raises(EncoderError, match="no weights"):
         create_encoders(make({"dir": "noweights"}))
     (tmp_path / "llava").mkdir()
-    (tmp_path / "llava" / "config.json").write_text(json.dumps(
-        {"model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
+    (tmp_path / "llava" / "config.json").write_text(
+        json.dumps(
+            {"model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336"}
+        )
+    )
     with pytest.raises(EncoderError, match="clip-vit-large-patch14-336"):
         create_encoders(make({"dir": "llava"}))
     (tmp_path / "bert").mkdir()
@@ -321,25 +355,30 @@ def test_loader_errors(tmp_path: Path, tiny_dir: Path) -> None:
     assert create_encoders(make({"dir": "notok", "text": False})).text is None
     with pytest.raises(EncoderError, match="allow_network"):
         create_encoders({"backend": "hf_clip", "model": "nobody/no-such-clip"})
-    for bad in ({"dense_mode": "magic"}, {"select_layer": 9}, {"dtype": "int8"},
-                {"device": "cuda:7"} if not torch.cuda.is_available() else {"dtype": "x"}):
+    for bad in (
+        {"dense_mode": "magic"},
+        {"select_layer": 9},
+        {"dtype": "int8"},
+        {"device": "cuda:7"} if not torch.cuda.is_available() else {"dtype": "x"},
+    ):
         with pytest.raises(EncoderError):
             create_encoders({"backend": "hf_clip", "model": str(tiny_dir), **bad})
 
 
 def test_measure_dense_variants_runs(tiny_dir: Path) -> None:
     """The measurement code path (numbers are meaningless on random weights)."""
-    from llava3d_ros.core.encoders.dense_eval import measure_dense_variants, patch_labels
+    from benchmarks.dense_variants import measure_dense_variants, patch_labels
 
     images = _images(2)
     labels = []
     for img in images:
         lab = np.zeros(img.shape[:2], np.int64)
-        lab[:, img.shape[1] // 2:] = 1
+        lab[:, img.shape[1] // 2 :] = 1
         lab[:5] = -1  # ignored pixels
         labels.append(lab)
-    report = measure_dense_variants(str(tiny_dir), zip(images, labels, strict=True),
-                                    ["mug", "table"], options={"device": "cpu"})
+    report = measure_dense_variants(
+        str(tiny_dir), zip(images, labels, strict=True), ["mug", "table"], options={"device": "cpu"}
+    )
     assert set(report) == set(hf_clip.DENSE_MODES)
     for stats in report.values():
         assert 0.0 <= stats["accuracy"] <= 1.0 and stats["chance"] == 0.5

@@ -35,7 +35,7 @@ from llava3d_ros.core.lmm import (
     tokenize_prompt,
     write_official_checkpoint,
 )
-from llava3d_ros.core.lmm.testing import make_tiny_checkpoint, make_tiny_model
+from tests.lmm_fixtures import make_tiny_checkpoint, make_tiny_model
 
 MM = 32  # tiny "CLIP" width (1024 in the release)
 HIDDEN = 64
@@ -49,8 +49,13 @@ QUESTION = "What is on the table ?"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("llava3d") / "tiny", seed=0, shards=2,
-                                hidden_size=HIDDEN, mm_hidden_size=MM)
+    return make_tiny_checkpoint(
+        tmp_path_factory.mktemp("llava3d") / "tiny",
+        seed=0,
+        shards=2,
+        hidden_size=HIDDEN,
+        mm_hidden_size=MM,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +95,13 @@ def _edit_checkpoint(directory: Path, edit) -> None:
         f.unlink()
     names = sorted(tensors)
     weight_map = {}
-    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
         file = f"model-{i:05d}-of-00002.safetensors"
         save_file({n: tensors[n] for n in part}, str(directory / file))
         weight_map.update(dict.fromkeys(part, file))
     (directory / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}))
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
 
 
 # -- independent reference ----------------------------------------------------------------
@@ -107,8 +113,7 @@ def _ref_mlp3(sd: dict[str, torch.Tensor], prefix: str, xyz: torch.Tensor) -> to
     return F.linear(F.relu(h), sd[prefix + "3.weight"], sd[prefix + "3.bias"])
 
 
-def _ref_scene(sd: dict[str, torch.Tensor], pos: torch.Tensor, feat: torch.Tensor
-               ) -> torch.Tensor:
+def _ref_scene(sd: dict[str, torch.Tensor], pos: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
     x = feat + _ref_mlp3(sd, PE, pos)
     x = F.linear(x, sd["model.mm_projector.0.weight"], sd["model.mm_projector.0.bias"])
     return F.linear(F.gelu(x), sd["model.mm_projector.2.weight"], sd["model.mm_projector.2.bias"])
@@ -118,12 +123,20 @@ def _ref_llm(ckpt: Path, sd: dict[str, torch.Tensor]):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     raw = json.loads((ckpt / "config.json").read_text())
-    llama_keys = {k: v for k, v in raw.items()
-                  if not k.startswith("mm_") and k not in ("model_type", "architectures")}
+    llama_keys = {
+        k: v
+        for k, v in raw.items()
+        if not k.startswith("mm_") and k not in ("model_type", "architectures")
+    }
     llm = LlamaForCausalLM(LlamaConfig.from_dict(llama_keys)).eval()
-    llm.load_state_dict({k: v for k, v in sd.items()
-                         if k.startswith(("model.layers.", "model.embed_tokens.", "model.norm.",
-                                          "lm_head."))}, strict=True)
+    llm.load_state_dict(
+        {
+            k: v
+            for k, v in sd.items()
+            if k.startswith(("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head."))
+        },
+        strict=True,
+    )
     return llm
 
 
@@ -165,9 +178,15 @@ def test_official_names_and_shapes(ckpt: Path) -> None:
     assert files == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
     sd = _tensors(ckpt)
     assert set(sd) == set(index["weight_map"])
-    expected = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
-                "model.mm_projector.0.weight", "model.mm_projector.0.bias",
-                "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
+    expected = {
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.0.bias",
+        "model.mm_projector.2.weight",
+        "model.mm_projector.2.bias",
+    }
     for layer in range(2):
         p = f"model.layers.{layer}."
         expected |= {p + f"self_attn.{x}_proj.weight" for x in "qkvo"}
@@ -223,15 +242,24 @@ def test_dtype_option_and_memory_log(ckpt: Path, caplog: pytest.LogCaptureFixtur
 
 
 def test_tied_embeddings_and_gqa(tmp_path: Path) -> None:
-    d = make_tiny_checkpoint(tmp_path / "tied", tie_word_embeddings=True, num_kv_heads=2,
-                             hidden_size=HIDDEN, mm_hidden_size=MM)
+    d = make_tiny_checkpoint(
+        tmp_path / "tied",
+        tie_word_embeddings=True,
+        num_kv_heads=2,
+        hidden_size=HIDDEN,
+        mm_hidden_size=MM,
+    )
     assert "lm_head.weight" not in _tensors(d)
     model, tok = load_llava3d(d, device="cpu")
     assert model.llm.lm_head.weight.data_ptr() == model.llm.model.embed_tokens.weight.data_ptr()
     g = torch.Generator().manual_seed(0)
-    ans = Llava3DChat(model, tok).answer(QUESTION, torch.rand(5, 3, generator=g),
-                                         torch.randn(5, MM, generator=g), max_new_tokens=3,
-                                         ignore_eos=True)
+    ans = Llava3DChat(model, tok).answer(
+        QUESTION,
+        torch.rand(5, 3, generator=g),
+        torch.randn(5, MM, generator=g),
+        max_new_tokens=3,
+        ignore_eos=True,
+    )
     assert ans.num_tokens == 3
 
 
@@ -261,8 +289,10 @@ def test_unexpected_key_and_shape_mismatch_reported_together(ckpt: Path, tmp_pat
     msg = str(err.value)
     assert "missing keys (1): model.layers.1.mlp.up_proj.weight" in msg
     assert "unexpected keys (1): model.foo.weight" in msg
-    assert f"shape mismatches (1): {bad}: checkpoint [{HIDDEN}, {HIDDEN + 1}] vs model " \
-           f"[{HIDDEN}, {HIDDEN}]" in msg
+    assert (
+        f"shape mismatches (1): {bad}: checkpoint [{HIDDEN}, {HIDDEN + 1}] vs model "
+        f"[{HIDDEN}, {HIDDEN}]" in msg
+    )
 
 
 def test_known_extra_tensors_are_skipped(ckpt: Path, tmp_path: Path) -> None:
@@ -313,8 +343,10 @@ def test_llava_v1_prompt_exact() -> None:
     assert p.text == (f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT:")
     assert p.locations == ()
     multi = build_prompt("And now?", history=[("What is this?", "A chair.")])
-    assert multi.text == (f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT: "
-                          "A chair.</s>USER: And now? ASSISTANT:")
+    assert multi.text == (
+        f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT: "
+        "A chair.</s>USER: And now? ASSISTANT:"
+    )
 
 
 def test_location_prompts() -> None:
@@ -337,18 +369,20 @@ def test_tokenize_prompt_placeholders(chat: Llava3DChat) -> None:
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids.count(IMAGE_TOKEN_INDEX) == 1 and ids.count(LOC_TOKEN_INDEX) == 1
     head = tok(f"{SYSTEM_PROMPT_V1} USER:", add_special_tokens=False)["input_ids"]
-    assert ids[1:1 + len(head)] == head and ids[1 + len(head)] == IMAGE_TOKEN_INDEX
+    assert ids[1 : 1 + len(head)] == head and ids[1 + len(head)] == IMAGE_TOKEN_INDEX
     assert ids.index(LOC_TOKEN_INDEX) > ids.index(IMAGE_TOKEN_INDEX)
 
 
 def test_parse_boxes() -> None:
-    text = ("The chair is at [1.0, 2.0, 0.5, 0.4, 0.4, 0.9] and the table at "
-            "[-1,2e0,+.5,1.5,0.8,0.75]; a point [1,2,3], bad [1,2,3,-1,1,1], [1,2,3,4,5]")
+    text = (
+        "The chair is at [1.0, 2.0, 0.5, 0.4, 0.4, 0.9] and the table at "
+        "[-1,2e0,+.5,1.5,0.8,0.75]; a point [1,2,3], bad [1,2,3,-1,1,1], [1,2,3,4,5]"
+    )
     boxes = parse_boxes(text)
     assert len(boxes) == 2
     assert boxes[0].center == (1.0, 2.0, 0.5) and boxes[0].size == (0.4, 0.4, 0.9)
     assert boxes[1].center == (-1.0, 2.0, 0.5) and boxes[1].size == (1.5, 0.8, 0.75)
-    assert text[boxes[0].start:boxes[0].end] == "[1.0, 2.0, 0.5, 0.4, 0.4, 0.9]"
+    assert text[boxes[0].start : boxes[0].end] == "[1.0, 2.0, 0.5, 0.4, 0.4, 0.9]"
     assert boxes[0].min_corner == pytest.approx((0.8, 1.8, 0.05))
     assert boxes[0].max_corner == pytest.approx((1.2, 2.2, 0.95))
     assert parse_boxes("no boxes here") == []
@@ -367,16 +401,17 @@ def test_inputs_embeds_layout(chat: Llava3DChat, ckpt: Path, scene) -> None:
     t = pos.shape[0]
     assert emb.shape == (len(ids) - 1 + t, HIDDEN)
     assert prep.scene_tokens == t
-    torch.testing.assert_close(emb[i_img:i_img + t], _ref_scene(sd, pos, feat))
+    torch.testing.assert_close(emb[i_img : i_img + t], _ref_scene(sd, pos, feat))
     # The location row sits where <boxes> was (shifted by the T-1 extra scene rows) and is
     # the location MLP of the point, without the projector.
     loc_row = emb[i_loc + t - 1]
     torch.testing.assert_close(loc_row, _ref_mlp3(sd, LOC, torch.tensor([1.0, 2.0, 0.5])))
     table = sd["model.embed_tokens.weight"]
     torch.testing.assert_close(emb[:i_img], table[torch.tensor(ids[:i_img])])
-    torch.testing.assert_close(emb[i_img + t:i_loc + t - 1],
-                               table[torch.tensor(ids[i_img + 1:i_loc])])
-    torch.testing.assert_close(emb[i_loc + t:], table[torch.tensor(ids[i_loc + 1:])])
+    torch.testing.assert_close(
+        emb[i_img + t : i_loc + t - 1], table[torch.tensor(ids[i_img + 1 : i_loc])]
+    )
+    torch.testing.assert_close(emb[i_loc + t :], table[torch.tensor(ids[i_loc + 1 :])])
     # An explicit location into a <boxes> slot gives the same inputs.
     same = chat.prepare("What is at <boxes> ?", pos, feat, location=[1.0, 2.0, 0.5])
     assert torch.equal(same.inputs_embeds, prep.inputs_embeds)
@@ -428,8 +463,9 @@ def test_bad_scene_inputs(chat: Llava3DChat) -> None:
 
 
 @pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
-def test_greedy_deterministic_and_matches_reference(loaded, ckpt: Path, scene,
-                                                    kv_cache: str) -> None:
+def test_greedy_deterministic_and_matches_reference(
+    loaded, ckpt: Path, scene, kv_cache: str
+) -> None:
     chat = Llava3DChat(*loaded, kv_cache=kv_cache)
     pos, feat = scene
     n = 12
@@ -439,12 +475,14 @@ def test_greedy_deterministic_and_matches_reference(loaded, ckpt: Path, scene,
     # Independent path: hand-built ids and embeddings, bare LlamaForCausalLM, no KV cache.
     sd = _tensors(ckpt)
     tok = chat.tokenizer
-    before = [tok.bos_token_id] + tok(f"{SYSTEM_PROMPT_V1} USER: ",
-                                      add_special_tokens=False)["input_ids"]
+    before = [tok.bos_token_id] + tok(f"{SYSTEM_PROMPT_V1} USER: ", add_special_tokens=False)[
+        "input_ids"
+    ]
     after = tok(f"\n{QUESTION} ASSISTANT:", add_special_tokens=False)["input_ids"]
     table = sd["model.embed_tokens.weight"]
-    embeds = torch.cat([table[torch.tensor(before)], _ref_scene(sd, pos, feat),
-                        table[torch.tensor(after)]])[None]
+    embeds = torch.cat(
+        [table[torch.tensor(before)], _ref_scene(sd, pos, feat), table[torch.tensor(after)]]
+    )[None]
     assert a.prompt_tokens == embeds.shape[1]
     ref = _ref_greedy(_ref_llm(ckpt, sd), embeds, n)
     assert a.token_ids == ref
@@ -486,8 +524,9 @@ def test_location_changes_output(chat: Llava3DChat, scene) -> None:
 def test_streaming_deltas_concatenate(chat: Llava3DChat, scene) -> None:
     pos, feat = scene
     deltas: list[str] = []
-    ans = chat.answer(QUESTION, pos, feat, max_new_tokens=15, ignore_eos=True,
-                      on_text=deltas.append)
+    ans = chat.answer(
+        QUESTION, pos, feat, max_new_tokens=15, ignore_eos=True, on_text=deltas.append
+    )
     assert "".join(deltas) == ans.text
     assert all(deltas) and len(deltas) > 1
 
@@ -503,8 +542,7 @@ def test_cancel_between_tokens(chat: Llava3DChat, scene) -> None:
         def cancel(k: int = k, polls=polls) -> bool:
             return next(polls) > k + 1
 
-        ans = chat.answer(QUESTION, pos, feat, max_new_tokens=10, ignore_eos=True,
-                          cancel=cancel)
+        ans = chat.answer(QUESTION, pos, feat, max_new_tokens=10, ignore_eos=True, cancel=cancel)
         assert ans.cancelled and ans.stop_reason == "cancelled"
         assert ans.num_tokens == k and ans.token_ids == full.token_ids[:k]
     # A threading.Event set from the streaming callback stops right after that token.
@@ -515,10 +553,11 @@ def test_cancel_between_tokens(chat: Llava3DChat, scene) -> None:
         seen.append(1)
         ev.set()
 
-    ans = chat.answer(QUESTION, pos, feat, max_new_tokens=10, ignore_eos=True, on_text=on_text,
-                      cancel=ev)
+    ans = chat.answer(
+        QUESTION, pos, feat, max_new_tokens=10, ignore_eos=True, on_text=on_text, cancel=ev
+    )
     assert ans.cancelled and len(seen) == 1
-    assert 1 <= ans.num_tokens < 10 and ans.token_ids == full.token_ids[:ans.num_tokens]
+    assert 1 <= ans.num_tokens < 10 and ans.token_ids == full.token_ids[: ans.num_tokens]
     # Already cancelled: nothing runs.
     done = chat.answer(QUESTION, pos, feat, cancel=ev)
     assert done.cancelled and done.num_tokens == 0 and done.prefill_s == 0.0
@@ -531,17 +570,25 @@ def test_stop_strings(chat: Llava3DChat, scene) -> None:
     stop_word = next(w for w in words[2:] if w)  # a word that is not at the start
     cut = full.text.index(" " + stop_word)
     deltas: list[str] = []
-    ans = chat.answer(QUESTION, pos, feat, max_new_tokens=15, ignore_eos=True,
-                      stop=[" " + stop_word, "never-generated"], on_text=deltas.append)
+    ans = chat.answer(
+        QUESTION,
+        pos,
+        feat,
+        max_new_tokens=15,
+        ignore_eos=True,
+        stop=[" " + stop_word, "never-generated"],
+        on_text=deltas.append,
+    )
     assert ans.stop_reason == "stop_string" and not ans.cancelled
     assert ans.text == full.text[:cut]
     assert "".join(deltas) == ans.text  # the stop string was never streamed
-    assert ans.token_ids == full.token_ids[:ans.num_tokens]
+    assert ans.token_ids == full.token_ids[: ans.num_tokens]
 
 
 def test_eos_and_context_limits(tmp_path: Path) -> None:
-    d = make_tiny_checkpoint(tmp_path / "short", max_position_embeddings=64,
-                             hidden_size=HIDDEN, mm_hidden_size=MM)
+    d = make_tiny_checkpoint(
+        tmp_path / "short", max_position_embeddings=64, hidden_size=HIDDEN, mm_hidden_size=MM
+    )
     model, tok = load_llava3d(d, device="cpu")
     chat = Llava3DChat(model, tok)
     g = torch.Generator().manual_seed(0)
@@ -552,7 +599,8 @@ def test_eos_and_context_limits(tmp_path: Path) -> None:
         chat.answer(QUESTION, torch.rand(40, 3), torch.randn(40, MM))
     eos_id = torch.tensor([tok.eos_token_id])
     hook = model.llm.lm_head.register_forward_hook(  # make EOS the top choice
-        lambda m, i, out: out.index_fill(-1, eos_id, 1e4))
+        lambda m, i, out: out.index_fill(-1, eos_id, 1e4)
+    )
     try:
         eos = chat.answer(QUESTION, pos, feat, max_new_tokens=5)
     finally:
@@ -566,8 +614,7 @@ def test_sampling_is_seeded(chat: Llava3DChat, scene) -> None:
     a = chat.answer(QUESTION, pos, feat, seed=3, **kw)
     b = chat.answer(QUESTION, pos, feat, seed=3, **kw)
     assert a.token_ids == b.token_ids
-    others = {tuple(chat.answer(QUESTION, pos, feat, seed=s, **kw).token_ids)
-              for s in range(4, 8)}
+    others = {tuple(chat.answer(QUESTION, pos, feat, seed=s, **kw).token_ids) for s in range(4, 8)}
     assert len(others | {tuple(a.token_ids)}) > 1
 
 

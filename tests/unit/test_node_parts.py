@@ -263,9 +263,14 @@ def _worker(bundle: Any, now: list[float]) -> tuple[IngestWorker, _Tf, Telemetry
     )
     tf, tel = _Tf(), Telemetry()
     worker = IngestWorker(
-        pl.ScenePipeline(cfg, bundle), tf, RgbdSynchronizer(), tel,
-        IngestConfig(map_frame="map", tf_timeout_s=1.0), _Log(), clock=lambda: now[0],
-    )  # fmt: skip
+        pl.ScenePipeline(cfg, bundle),
+        tf,
+        RgbdSynchronizer(),
+        tel,
+        IngestConfig(map_frame="map", tf_timeout_s=1.0),
+        _Log(),
+        clock=lambda: now[0],
+    )
     return worker, tf, tel
 
 
@@ -342,9 +347,14 @@ def _real_tf_worker(
     )
     buf, tel = TransformBuffer(cache_time_s=1e6), Telemetry()
     worker = IngestWorker(
-        pl.ScenePipeline(pipe_cfg, bundle), buf, RgbdSynchronizer(), tel,
-        IngestConfig(map_frame="map", tf_timeout_s=0.0, **cfg), _Log(), now_ns=now_ns,
-    )  # fmt: skip
+        pl.ScenePipeline(pipe_cfg, bundle),
+        buf,
+        RgbdSynchronizer(),
+        tel,
+        IngestConfig(map_frame="map", tf_timeout_s=0.0, **cfg),
+        _Log(),
+        now_ns=now_ns,
+    )
     return worker, buf, tel
 
 
@@ -478,9 +488,13 @@ def test_a_stopped_worker_lets_go_of_the_pipeline(tiny_bundle: Any) -> None:
 
     cfg = pl.PipelineConfig.from_dict({"memory": {"voxel_size": 0.1}})
     worker = IngestWorker(
-        pl.ScenePipeline(cfg, tiny_bundle), _Tf(), RgbdSynchronizer(), Telemetry(),
-        IngestConfig(), _Log(),
-    )  # fmt: skip
+        pl.ScenePipeline(cfg, tiny_bundle),
+        _Tf(),
+        RgbdSynchronizer(),
+        Telemetry(),
+        IngestConfig(),
+        _Log(),
+    )
     pipeline = weakref.ref(worker.pipeline)
     lingering_callback = worker.on_color  # what the executor keeps
     worker.start()
@@ -520,4 +534,3 @@ def test_camera_info_without_images_is_reported_once(tiny_bundle: Any) -> None:
     worker2.on_depth(depth)
     now[0] = 100.0
     assert not worker2.check_inputs() and worker2.logger.lines == []  # type: ignore[attr-defined]
-

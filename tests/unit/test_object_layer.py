@@ -67,17 +67,32 @@ def _unit(i: int) -> torch.Tensor:
 
 
 def _instance(
-    iid: int, lo: Sequence[float], hi: Sequence[float], role: str = "object",
-    support: int = 0, colour: str = "white", fractions: dict[str, float] | None = None,
-) -> ObjectInstance:  # fmt: skip
+    iid: int,
+    lo: Sequence[float],
+    hi: Sequence[float],
+    role: str = "object",
+    support: int = 0,
+    colour: str = "white",
+    fractions: dict[str, float] | None = None,
+) -> ObjectInstance:
     box = Box3D.from_min_max(lo, hi)
     pts = np.array([lo, hi], dtype=np.float32)
     return ObjectInstance(
-        id=iid, role=role, box=box, aabb=box, points=pts, colors=np.ones_like(pts),
-        support_id=support, colour=colour, colour_fractions=fractions or {colour: 1.0},
-        labels=TopLabels(("x",), (1.0,)), first_seen=0.0, last_seen=1.0, observations=3,
+        id=iid,
+        role=role,
+        box=box,
+        aabb=box,
+        points=pts,
+        colors=np.ones_like(pts),
+        support_id=support,
+        colour=colour,
+        colour_fractions=fractions or {colour: 1.0},
+        labels=TopLabels(("x",), (1.0,)),
+        first_seen=0.0,
+        last_seen=1.0,
+        observations=3,
         has_feature=True,
-    )  # fmt: skip
+    )
 
 
 def _scene() -> ObjectSnapshot:
@@ -206,11 +221,12 @@ def test_object_list_answers() -> None:
     labelled = ObjectSnapshot(
         instances=tuple(
             ObjectInstance(**{**inst.__dict__, "labels": TopLabels((name,), (0.9,))})
-            for inst, name in zip(snap.instances, ["table", "mug", "mug", "bowl", "mug"],
-                                  strict=True)
+            for inst, name in zip(
+                snap.instances, ["table", "mug", "mug", "bowl", "mug"], strict=True
+            )
         ),
         features=snap.features,
-    )  # fmt: skip
+    )
     q = parse_question("What is on the table?")
     assert q is not None
     a = answer_object_question(q, labelled, ground, None)
@@ -259,8 +275,9 @@ def _object_map(vocab: LabelVocabulary | None):  # type: ignore[no-untyped-def]
     from llava3d_ros.core.objects.tracking import TrackingConfig
     from llava3d_ros.core.objects.tsdf import GeometryConfig
 
-    return ObjectMap(ObjectConfig(crops=False), GeometryConfig(), SegmentationConfig(),
-                     TrackingConfig(), vocab)  # fmt: skip
+    return ObjectMap(
+        ObjectConfig(crops=False), GeometryConfig(), SegmentationConfig(), TrackingConfig(), vocab
+    )
 
 
 def test_object_map_segments_labels_and_keeps_ids(ray_scene) -> None:  # type: ignore[no-untyped-def]
@@ -269,17 +286,34 @@ def test_object_map_segments_labels_and_keeps_ids(ray_scene) -> None:  # type: i
     vocab = LabelVocabulary(
         TableText({"red": 0, "blue": 1, "table": 2}),
         {"red box": ("red",), "blue box": ("blue",), "table": ("table",)},
-        temperature=0.05, templates=("{}",),
+        temperature=0.05,
+        templates=("{}",),
         roles={"red box": "object", "blue box": "object", "table": "furniture"},
-    )  # fmt: skip
+    )
     om = _object_map(vocab)
     for i, (pose, rgb, depth, index) in enumerate(frames[:6]):
-        om.integrate(rgb, depth, caster.intrinsics, pose, float(i), None,
-                     _planted_features(index, geo, parts), geo)  # fmt: skip
+        om.integrate(
+            rgb,
+            depth,
+            caster.intrinsics,
+            pose,
+            float(i),
+            None,
+            _planted_features(index, geo, parts),
+            geo,
+        )
     first = om.update()
     for i, (pose, rgb, depth, index) in enumerate(frames[6:], start=6):
-        om.integrate(rgb, depth, caster.intrinsics, pose, float(i), None,
-                     _planted_features(index, geo, parts), geo)  # fmt: skip
+        om.integrate(
+            rgb,
+            depth,
+            caster.intrinsics,
+            pose,
+            float(i),
+            None,
+            _planted_features(index, geo, parts),
+            geo,
+        )
     snap = om.update()
     objects = [o for o in snap.instances if o.role == "object"]
     furniture = [o for o in snap.instances if o.role == "furniture"]

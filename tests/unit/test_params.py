@@ -36,9 +36,7 @@ def test_every_parameter_is_documented_and_valid() -> None:
 
 def test_defaults_build_a_pipeline_config() -> None:
     values = {p.name: p.default for p in NODE_PARAMS}
-    encoder = encoder_config_from_params(
-        "dinov2_onnx", encoder_option_defaults("dinov2_onnx")
-    )
+    encoder = encoder_config_from_params("dinov2_onnx", encoder_option_defaults("dinov2_onnx"))
     cfg = pipeline_config_from_params(values, encoder)
     assert cfg.memory.voxel_size == 0.05 and cfg.grounding.min_score == 0.5
     assert cfg.query.describe_vocabulary[0] == "mug"

@@ -150,8 +150,10 @@ def test_a_count_is_never_below_what_ground_finds(bundle, monkeypatch) -> None: 
     def rows() -> list[int]:
         return p._instance_rows("ramekin", None, None, og.count_min_score, og.min_score)  # type: ignore[arg-type]
 
-    ranked[:] = [SimpleNamespace(index=3, score=og.min_score + 0.01),
-                 SimpleNamespace(index=1, score=og.min_score / 2)]  # fmt: skip
+    ranked[:] = [
+        SimpleNamespace(index=3, score=og.min_score + 0.01),
+        SimpleNamespace(index=1, score=og.min_score / 2),
+    ]
     assert rows() == [3]  # what ground returns is counted once
     assert p._instance_rows("ramekin", None, None, og.count_min_score) == []  # type: ignore[arg-type]
     ranked[0].score = og.min_score * 0.9

@@ -112,10 +112,13 @@ def test_missing_objects_and_counts() -> None:
     [
         ("How many mugs are there on the table?", COUNT, ("mug", "table"), "on_top_of"),
         ("how many mugs are on the table", COUNT, ("mug", "table"), "on_top_of"),
-        ("how many cans of soup are next to the bowl", COUNT, ("can of soup", "bowl"),
-         "next_to"),
-        ("how many mugs are between the bowl and the pan", COUNT, ("mug", "bowl", "pan"),
-         "between"),
+        ("how many cans of soup are next to the bowl", COUNT, ("can of soup", "bowl"), "next_to"),
+        (
+            "how many mugs are between the bowl and the pan",
+            COUNT,
+            ("mug", "bowl", "pan"),
+            "between",
+        ),
         ("how many mugs are there in the room", COUNT, ("mug",), None),
         ("What is on the table?", WHAT_RELATION, ("table",), "on_top_of"),
         ("what's on top of the shelf", WHAT_RELATION, ("shelf",), "on_top_of"),
@@ -134,7 +137,7 @@ def test_missing_objects_and_counts() -> None:
         ("Is the onion on the lemon?", RELATION, ("onion", "lemon"), "on_top_of"),
         ("Where is the mug located?", WHERE, ("mug",), None),
     ],
-)  # fmt: skip
+)
 def test_parse_new_forms(
     question: str, kind: str, phrases: tuple[str, ...], rel: str | None
 ) -> None:

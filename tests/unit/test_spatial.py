@@ -177,8 +177,7 @@ def test_viewpoint_from_transforms() -> None:
     # Looking straight down with image-up along map +y: forward = +y.
     down = np.eye(4)
     down[:3, :3] = np.array([[1, 0, 0], [0, -1, 0], [0, 0, -1]], dtype=float)
-    np.testing.assert_allclose(Viewpoint.from_camera_transform(down).forward, [0, 1, 0],
-                               atol=1e-12)
+    np.testing.assert_allclose(Viewpoint.from_camera_transform(down).forward, [0, 1, 0], atol=1e-12)
     base = np.eye(4)
     base[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]  # base_link yawed +90 deg
     np.testing.assert_allclose(Viewpoint.from_transform(base).forward, [0, 1, 0], atol=1e-12)
@@ -270,9 +269,20 @@ def test_relation_results_are_consistent(scene: dict[str, Box3D]) -> None:
                 if isinstance(r.value, bool):
                     assert r.value == (r.margin > 0) == (r.score > 0.5), (name, r)
                     assert 0.0 <= r.confidence <= 1.0
-    assert set(RELATIONS) >= {"left_of", "right_of", "in_front_of", "behind", "above", "below",
-                              "on_top_of", "next_to", "between", "distance", "bigger",
-                              "smaller"}
+    assert set(RELATIONS) >= {
+        "left_of",
+        "right_of",
+        "in_front_of",
+        "behind",
+        "above",
+        "below",
+        "on_top_of",
+        "next_to",
+        "between",
+        "distance",
+        "bigger",
+        "smaller",
+    }
 
 
 def test_describe_position(scene: dict[str, Box3D]) -> None:

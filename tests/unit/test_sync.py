@@ -109,8 +109,9 @@ def test_older_stamps_are_inserted_in_order_not_refused() -> None:
     assert sum(s.drops.values()) == 0
 
 
-def _stream(s: RgbdSynchronizer[str, str, str], start_ms: int, n: int,
-            depth_first: bool = True) -> list[str]:  # fmt: skip
+def _stream(
+    s: RgbdSynchronizer[str, str, str], start_ms: int, n: int, depth_first: bool = True
+) -> list[str]:
     """n pairs 33 ms apart from ``start_ms``; the colour images synchronised."""
     out = []
     for i in range(n):

@@ -24,7 +24,7 @@ One forward of the vision tower gives two kinds per patch:
   ECCV 2024) found the residual stream to be the main source of noise. Default:
   ``clearclip``, which that paper reports ahead of MaskCLIP and SCLIP on all of its
   open-vocabulary segmentation benchmarks. Not measured here (no real CLIP offline):
-  :func:`llava3d_ros.core.encoders.dense_eval.measure_dense_variants` does it for a real
+  :func:`benchmarks.dense_variants.measure_dense_variants` does it for a real
   checkpoint. ``x`` is ``hidden_states[-2]``, the input of the last block, which with the
   default ``select_layer`` is exactly the "vision" output: the last block never runs in full.
 
@@ -282,7 +282,7 @@ class HFClipImageEncoder(ImageEncoder):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # a transformers CLIP model (duck-typed: see below)
         mean: Sequence[float] = OPENAI_CLIP_MEAN,
         std: Sequence[float] = OPENAI_CLIP_STD,
         resample: int = PIL_BICUBIC,
@@ -300,8 +300,10 @@ class HFClipImageEncoder(ImageEncoder):
             hasattr(tower, a) for a in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")
         ):
             raise EncoderError(f"hf_clip: {type(model).__name__} has no CLIP vision tower")
-        self._vision = tower
-        self._projection = getattr(model, "visual_projection", None)
+        # transformers modules, duck-typed: nn.Module's __getattr__ types every attribute
+        # as Tensor | Module, which says nothing about a CLIP tower.
+        self._vision: Any = tower
+        self._projection: Any = getattr(model, "visual_projection", None)
         self.model = model
         vcfg = self._vision.config
         patch = int(vcfg.patch_size)
@@ -363,7 +365,7 @@ class HFClipImageEncoder(ImageEncoder):
             batch[i] = x.transpose(2, 0, 1)
         return torch.from_numpy(batch).to(self.device, self.dtype)
 
-    def _layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    def _layer(self, layer: Any, h: torch.Tensor) -> torch.Tensor:
         out = layer(h, None, None) if self._legacy_layer else layer(h, None)
         return out[0] if isinstance(out, tuple) else out
 
@@ -469,7 +471,7 @@ class CLIPTextEncoder(TextEncoder):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # a transformers CLIP model (duck-typed: see below)
         tokenizer: Any,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
         device: torch.device | str = "cpu",
@@ -483,7 +485,7 @@ class CLIPTextEncoder(TextEncoder):
         for t in templates:
             if not isinstance(t, str) or t.count("{}") != 1:
                 raise EncoderError(f"hf_clip: template {t!r} must contain '{{}}' exactly once")
-        self.model = model
+        self.model: Any = model  # a transformers CLIPModel (duck-typed, see the image side)
         self.tokenizer = tokenizer
         self.templates = templates
         self.device = torch.device(device)

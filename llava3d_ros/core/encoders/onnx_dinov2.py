@@ -444,9 +444,13 @@ def create_dinov2_onnx(options: Mapping[str, Any]) -> EncoderBundle:
         raw = head.metadata["vocabulary"].get("roles")
         roles = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
     return EncoderBundle(
-        image=image, text=text, label_vocabulary=vocabulary, label_roles=roles,
-        label_templates=templates, logit_scale=scale,
-    )  # fmt: skip
+        image=image,
+        text=text,
+        label_vocabulary=vocabulary,
+        label_roles=roles,
+        label_templates=templates,
+        logit_scale=scale,
+    )
 
 
 def _head_vocabulary(

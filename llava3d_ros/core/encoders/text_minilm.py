@@ -72,12 +72,13 @@ class MiniLMTextEncoder(TextEncoder):
         except Exception as exc:  # config/weights errors come as several exception types
             raise EncoderError(f"minilm: could not load {path}: {exc}") from exc
         self._model.eval()
-        limit = int(getattr(self._model[0].auto_model.config, "max_position_embeddings", 512))
+        transformer: Any = self._model[0]  # the first module is the transformer
+        limit = int(getattr(transformer.auto_model.config, "max_position_embeddings", 512))
         if max_tokens is not None:
             if not 3 <= max_tokens <= limit:
                 raise EncoderError(f"minilm: max_tokens must be in [3, {limit}], got {max_tokens}")
             self._model.max_seq_length = max_tokens
-        self.max_tokens = int(self._model.max_seq_length)
+        self.max_tokens = int(self._model.max_seq_length or limit)
         # Renamed in sentence-transformers 6; keep working with older releases.
         get_dim = getattr(self._model, "get_embedding_dimension", None)
         if get_dim is None:

@@ -37,16 +37,25 @@ _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 # Checkpoint tensors that are known and deliberately not loaded: the CLIP vision tower
 # (features come from the memory; CLIP is loaded by the encoder), rotary caches saved by
 # old transformers versions, and the 2D any-res newline embedding (images only).
-DEFAULT_IGNORED_KEYS = (r"^model\.vision_tower\.", r"(^|\.)rotary_emb\.inv_freq$",
-                        r"^model\.image_newline$")
+DEFAULT_IGNORED_KEYS = (
+    r"^model\.vision_tower\.",
+    r"(^|\.)rotary_emb\.inv_freq$",
+    r"^model\.image_newline$",
+)
 # Prompt allowance for the KV-cache estimate: template + question, in tokens.
 PROMPT_TOKEN_ALLOWANCE = 128
 
 _DTYPES = {
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp64": torch.float64, "float64": torch.float64,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp64": torch.float64,
+    "float64": torch.float64,
 }
 
 
@@ -73,11 +82,13 @@ class MemoryEstimate:
         return self.weight_bytes + self.kv_cache_bytes
 
     def __str__(self) -> str:
-        gib = 1024.0 ** 3
-        return (f"{self.parameters:,} parameters = {self.weight_bytes / gib:.2f} GiB "
-                f"weights + {self.kv_cache_bytes / gib:.2f} GiB KV cache for "
-                f"{self.context_tokens} tokens = {self.total_bytes / gib:.2f} GiB "
-                "(activations not included)")
+        gib = 1024.0**3
+        return (
+            f"{self.parameters:,} parameters = {self.weight_bytes / gib:.2f} GiB "
+            f"weights + {self.kv_cache_bytes / gib:.2f} GiB KV cache for "
+            f"{self.context_tokens} tokens = {self.total_bytes / gib:.2f} GiB "
+            "(activations not included)"
+        )
 
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -94,8 +105,7 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         raise ValueError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)") from None
 
 
-def estimate_memory(model: Llava3DModel, dtype: torch.dtype, context_tokens: int
-                    ) -> MemoryEstimate:
+def estimate_memory(model: Llava3DModel, dtype: torch.dtype, context_tokens: int) -> MemoryEstimate:
     """Weights (parameter count x bytes) + KV cache (2 x layers x kv_heads x head_dim x
     tokens x bytes). ``model`` may live on the meta device."""
     seen: set[int] = set()
@@ -114,12 +124,17 @@ def estimate_memory(model: Llava3DModel, dtype: torch.dtype, context_tokens: int
 
 
 def _looks_like_path(name: str) -> bool:
-    return (os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
-            or name.count("/") != 1)
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or os.path.exists(name)
+        or name.count("/") != 1
+    )
 
 
-def resolve_checkpoint(path: str | os.PathLike[str], *, allow_network: bool = False,
-                       revision: str | None = None) -> Path:
+def resolve_checkpoint(
+    path: str | os.PathLike[str], *, allow_network: bool = False, revision: str | None = None
+) -> Path:
     """A local directory, or a Hugging Face repo id looked up in the local cache (downloaded
     only when ``allow_network``)."""
     name = os.fspath(path)
@@ -131,11 +146,16 @@ def resolve_checkpoint(path: str | os.PathLike[str], *, allow_network: bool = Fa
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, revision=revision,
-                                      local_files_only=not allow_network))
+        return Path(snapshot_download(name, revision=revision, local_files_only=not allow_network))
     except Exception as exc:  # hub raises several types (offline, missing, auth)
-        hint = "" if allow_network else (" (not in the Hugging Face cache and allow_network is "
-                                         "false: download it on a connected machine)")
+        hint = (
+            ""
+            if allow_network
+            else (
+                " (not in the Hugging Face cache and allow_network is "
+                "false: download it on a connected machine)"
+            )
+        )
         raise CheckpointError(f"cannot resolve checkpoint {name!r}{hint}: {exc}") from exc
 
 
@@ -160,8 +180,11 @@ def read_checkpoint_index(directory: str | os.PathLike[str]) -> dict[str, Tensor
         by_file = {WEIGHTS_NAME: []}  # every tensor of the single file
     else:
         bins = sorted(p.name for p in d.glob("*.bin"))
-        hint = (f" (found PyTorch pickles {bins[:3]}: convert them to safetensors first)"
-                if bins else "")
+        hint = (
+            f" (found PyTorch pickles {bins[:3]}: convert them to safetensors first)"
+            if bins
+            else ""
+        )
         raise CheckpointError(f"{d} has no {INDEX_NAME} or {WEIGHTS_NAME}{hint}")
     out: dict[str, TensorInfo] = {}
     for file, names in by_file.items():
@@ -171,12 +194,14 @@ def read_checkpoint_index(directory: str | os.PathLike[str]) -> dict[str, Tensor
                 wanted = names or sorted(keys)
                 lost = sorted(set(wanted) - keys)
                 if lost:
-                    raise CheckpointError(f"{INDEX_NAME} maps {_fmt(lost)} to {file}, which "
-                                          "does not hold them")
+                    raise CheckpointError(
+                        f"{INDEX_NAME} maps {_fmt(lost)} to {file}, which does not hold them"
+                    )
                 for name in wanted:
                     sl = f.get_slice(name)
-                    out[name] = TensorInfo(file, tuple(int(s) for s in sl.get_shape()),
-                                           str(sl.get_dtype()))
+                    out[name] = TensorInfo(
+                        file, tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype())
+                    )
         except CheckpointError:
             raise
         except Exception as exc:  # safetensors raises its own error types on corrupt files
@@ -189,18 +214,23 @@ def _fmt(names: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def check_checkpoint_keys(expected: dict[str, tuple[int, ...]], found: dict[str, TensorInfo],
-                          ignore: Iterable[str] = DEFAULT_IGNORED_KEYS, source: str = ""
-                          ) -> list[str]:
+def check_checkpoint_keys(
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, TensorInfo],
+    ignore: Iterable[str] = DEFAULT_IGNORED_KEYS,
+    source: str = "",
+) -> list[str]:
     """The names to load; raises CheckpointError listing every missing key, unexpected key
     and shape mismatch at once."""
     patterns = [re.compile(p) for p in ignore]
     ignored = sorted(n for n in found if n not in expected and any(p.search(n) for p in patterns))
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected) - set(ignored))
-    mismatched = sorted(f"{n}: checkpoint {list(found[n].shape)} vs model {list(expected[n])}"
-                        for n in set(expected) & set(found)
-                        if tuple(found[n].shape) != tuple(expected[n]))
+    mismatched = sorted(
+        f"{n}: checkpoint {list(found[n].shape)} vs model {list(expected[n])}"
+        for n in set(expected) & set(found)
+        if tuple(found[n].shape) != tuple(expected[n])
+    )
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -209,15 +239,21 @@ def check_checkpoint_keys(expected: dict[str, tuple[int, ...]], found: dict[str,
             parts.append(f"unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {_fmt(mismatched)}")
-        raise CheckpointError(f"checkpoint {source} does not match its config.json "
-                              "(LLaVA-3D layout):\n  " + "\n  ".join(parts))
+        raise CheckpointError(
+            f"checkpoint {source} does not match its config.json "
+            "(LLaVA-3D layout):\n  " + "\n  ".join(parts)
+        )
     if ignored:
         logger.info("not loading %d checkpoint tensors (%s)", len(ignored), _fmt(ignored, 3))
     return sorted(expected)
 
 
-def load_tokenizer(directory: str | os.PathLike[str], *, config: LlavaConfig | None = None,
-                   allow_network: bool = False) -> Any:
+def load_tokenizer(
+    directory: str | os.PathLike[str],
+    *,
+    config: LlavaConfig | None = None,
+    allow_network: bool = False,
+) -> Any:
     """The checkpoint's tokenizer. Pass ``config`` so AutoTokenizer does not parse
     config.json itself (it does not know model_type "llava_llama"; with the Llama config it
     falls back to the Llama tokenizer when tokenizer_config.json names no class)."""
@@ -245,14 +281,20 @@ def _reset_rotary(model: Llava3DModel, device: torch.device) -> None:
         raise CheckpointError(f"buffers not initialised after loading: {left}")
 
 
-def build_empty_model(config: LlavaConfig, device: str | torch.device,
-                      dtype: torch.dtype, *, max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
-                      attn_implementation: str | None = "sdpa") -> Llava3DModel:
+def build_empty_model(
+    config: LlavaConfig,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    *,
+    max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
+    attn_implementation: str | None = "sdpa",
+) -> Llava3DModel:
     """A model with allocated but uninitialised weights on ``device`` (rotary buffers set):
     built on the meta device first, so no time is spent on random initialisation."""
     with torch.device("meta"):
-        model = Llava3DModel(config, max_scene_tokens=max_scene_tokens,
-                             attn_implementation=attn_implementation)
+        model = Llava3DModel(
+            config, max_scene_tokens=max_scene_tokens, attn_implementation=attn_implementation
+        )
     return materialize_(model.to(dtype), torch.device(device))
 
 
@@ -286,14 +328,16 @@ def load_llava3d(
     """
     directory = resolve_checkpoint(path, allow_network=allow_network, revision=revision)
     config = LlavaConfig.from_pretrained(directory)
-    dev = torch.device(device if device is not None else
-                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(
+        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     dt = parse_dtype(dtype, dev)
     found = read_checkpoint_index(directory)
 
     with torch.device("meta"):
-        model = Llava3DModel(config, max_scene_tokens=max_scene_tokens,
-                             attn_implementation=attn_implementation)
+        model = Llava3DModel(
+            config, max_scene_tokens=max_scene_tokens, attn_implementation=attn_implementation
+        )
     model.to(dt)
     expected = {n: tuple(p.shape) for n, p in model.official_parameters().items()}
     names = check_checkpoint_keys(expected, found, ignore_keys, source=str(directory))
@@ -303,13 +347,16 @@ def load_llava3d(
     if dev.type == "cuda" and check_memory:
         free, _ = torch.cuda.mem_get_info(dev)
         if est.total_bytes > free:
-            raise CheckpointError(f"not enough GPU memory on {dev}: needs {est}, "
-                                  f"{free / 1024.0 ** 3:.2f} GiB free")
+            raise CheckpointError(
+                f"not enough GPU memory on {dev}: needs {est}, {free / 1024.0**3:.2f} GiB free"
+            )
 
     tokenizer = load_tokenizer(directory, config=config, allow_network=allow_network)
     if len(tokenizer) > int(config.llama.vocab_size):
-        raise CheckpointError(f"tokenizer has {len(tokenizer)} tokens but the model's "
-                              f"vocabulary is {config.llama.vocab_size}")
+        raise CheckpointError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary is {config.llama.vocab_size}"
+        )
 
     materialize_(model, dev)
     params = model.official_parameters()
@@ -322,8 +369,9 @@ def load_llava3d(
 
 
 @torch.no_grad()
-def _load_shards(directory: Path, by_file: dict[str, list[str]],
-                 params: dict[str, torch.nn.Parameter]) -> None:
+def _load_shards(
+    directory: Path, by_file: dict[str, list[str]], params: dict[str, torch.nn.Parameter]
+) -> None:
     from safetensors import safe_open
 
     for i, (file, names) in enumerate(sorted(by_file.items()), 1):
@@ -333,9 +381,13 @@ def _load_shards(directory: Path, by_file: dict[str, list[str]],
                 params[name].copy_(f.get_tensor(name))  # casts to the model dtype
 
 
-def write_official_checkpoint(model: Llava3DModel, tokenizer: Any,
-                              path: str | os.PathLike[str], shards: int = 2,
-                              dtype: str | torch.dtype | None = None) -> Path:
+def write_official_checkpoint(
+    model: Llava3DModel,
+    tokenizer: Any,
+    path: str | os.PathLike[str],
+    shards: int = 2,
+    dtype: str | torch.dtype | None = None,
+) -> Path:
     """Save ``model`` (+ ``tokenizer``) in the release's layout: config.json, safetensors
     shards named ``model-0000i-of-0000N.safetensors`` with ``model.safetensors.index.json``
     (or one ``model.safetensors`` when ``shards == 1``). ``dtype``: default the model's.
@@ -355,8 +407,7 @@ def write_official_checkpoint(model: Llava3DModel, tokenizer: Any,
     raw = config.to_dict()
     raw["torch_dtype"] = str(dt).removeprefix("torch.")
     raw.pop("dtype", None)
-    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True, default=str)
-                                     + "\n")
+    (out / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True, default=str) + "\n")
 
     tensors = model.official_state_dict()
     names = list(tensors)
@@ -374,8 +425,9 @@ def write_official_checkpoint(model: Llava3DModel, tokenizer: Any,
     groups = [g for g in groups if g]
     weight_map: dict[str, str] = {}
     for i, group in enumerate(groups, 1):
-        file = WEIGHTS_NAME if len(groups) == 1 else \
-            f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        file = (
+            WEIGHTS_NAME if len(groups) == 1 else f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        )
         data = {n: tensors[n].to("cpu", dt).contiguous() for n in group}
         save_file(data, str(out / file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(group, file))

@@ -40,12 +40,27 @@ LLAVA_KEYS = (
     "tokenizer_model_max_length",
 )
 # Bookkeeping keys that must not reach LlamaConfig (it has its own model_type).
-_NOT_LLAMA_KEYS = ("model_type", "architectures", "auto_map", "_name_or_path",
-                   "transformers_version")
+_NOT_LLAMA_KEYS = (
+    "model_type",
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "transformers_version",
+)
 # transformers' generic PreTrainedConfig fields that mean nothing for a causal LM checkpoint.
-_NOT_WRITTEN = ("architectures", "auto_map", "_name_or_path", "id2label", "label2id",
-                "problem_type", "chunk_size_feed_forward", "is_encoder_decoder",
-                "output_attentions", "output_hidden_states", "return_dict")
+_NOT_WRITTEN = (
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
 _PROJECTOR_RE = re.compile(r"^mlp(\d+)x_gelu$")
 
 
@@ -104,8 +119,10 @@ class LlavaConfig:
     @property
     def vision_feature_spec(self) -> str:
         """What the scene features must be, in words (for checking the memory's encoder)."""
-        return (f"{self.mm_vision_tower} hidden_states[{self.mm_vision_select_layer}] "
-                f"({self.mm_vision_select_feature}), {self.mm_hidden_size}-d per patch")
+        return (
+            f"{self.mm_vision_tower} hidden_states[{self.mm_vision_select_layer}] "
+            f"({self.mm_vision_select_feature}), {self.mm_hidden_size}-d per patch"
+        )
 
     # -- checks --------------------------------------------------------------------
 
@@ -113,16 +130,22 @@ class LlavaConfig:
         if self.mm_video_tower != SPATIAL_VIDEO_TOWER:
             raise LlavaConfigError(
                 f"mm_video_tower is {self.mm_video_tower!r}; LLaVA-3D needs "
-                f"{SPATIAL_VIDEO_TOWER!r} (a 2D LLaVA checkpoint has no 3D position embedding)")
+                f"{SPATIAL_VIDEO_TOWER!r} (a 2D LLaVA checkpoint has no 3D position embedding)"
+            )
         if self.mm_projector_type != "linear" and not _PROJECTOR_RE.match(self.mm_projector_type):
-            raise LlavaConfigError(f"unsupported mm_projector_type {self.mm_projector_type!r} "
-                                   "(supported: 'linear', 'mlpNx_gelu')")
+            raise LlavaConfigError(
+                f"unsupported mm_projector_type {self.mm_projector_type!r} "
+                "(supported: 'linear', 'mlpNx_gelu')"
+            )
         if int(self.mm_hidden_size) <= 0:
             raise LlavaConfigError(f"mm_hidden_size must be positive, got {self.mm_hidden_size}")
         if self.mm_vision_select_feature != "patch":
             # The memory stores patch tokens only (CLS dropped), as LLaVA-3D does.
-            logger.warning("mm_vision_select_feature is %r; scene features from the memory are "
-                           "patch tokens only", self.mm_vision_select_feature)
+            logger.warning(
+                "mm_vision_select_feature is %r; scene features from the memory are "
+                "patch tokens only",
+                self.mm_vision_select_feature,
+            )
 
     # -- (de)serialisation -----------------------------------------------------------
 
@@ -136,20 +159,24 @@ class LlavaConfig:
             hint = {
                 "llama": "a plain Llama checkpoint (no projector, no 3D position embedding)",
                 "llava": "transformers' LlavaForConditionalGeneration layout, not the "
-                         "LLaVA-3D release",
+                "LLaVA-3D release",
                 "clip": "a CLIP checkpoint (that is the vision tower: load it as an encoder)",
             }.get(str(model_type), "not a LLaVA-3D checkpoint")
-            raise LlavaConfigError(f"{source}: model_type is {model_type!r}, expected "
-                                   f"{LLAVA_MODEL_TYPE!r} ({hint})")
+            raise LlavaConfigError(
+                f"{source}: model_type is {model_type!r}, expected {LLAVA_MODEL_TYPE!r} ({hint})"
+            )
         archs = raw.get("architectures")
         if archs is not None and LLAVA_ARCHITECTURE not in archs:
-            raise LlavaConfigError(f"{source}: architectures {archs!r} do not include "
-                                   f"{LLAVA_ARCHITECTURE!r}")
+            raise LlavaConfigError(
+                f"{source}: architectures {archs!r} do not include {LLAVA_ARCHITECTURE!r}"
+            )
         if "mm_video_tower" not in raw:
-            raise LlavaConfigError(f"{source}: no mm_video_tower key; a 2D LLaVA checkpoint "
-                                   "has no 3D modules")
-        llama_keys = {k: v for k, v in raw.items()
-                      if k not in LLAVA_KEYS and k not in _NOT_LLAMA_KEYS}
+            raise LlavaConfigError(
+                f"{source}: no mm_video_tower key; a 2D LLaVA checkpoint has no 3D modules"
+            )
+        llama_keys = {
+            k: v for k, v in raw.items() if k not in LLAVA_KEYS and k not in _NOT_LLAMA_KEYS
+        }
         try:
             llama = LlamaConfig.from_dict(llama_keys)
         except (TypeError, ValueError) as exc:
@@ -161,7 +188,7 @@ class LlavaConfig:
                 mm_hidden_size=int(raw.get("mm_hidden_size", 1024)),
                 mm_projector_type=str(raw.get("mm_projector_type", "linear")),
                 mm_vision_tower=raw.get("mm_vision_tower"),
-                mm_video_tower=raw.get("mm_video_tower"),
+                mm_video_tower=str(raw.get("mm_video_tower") or ""),
                 mm_vision_select_layer=int(raw.get("mm_vision_select_layer", -2)),
                 mm_vision_select_feature=str(raw.get("mm_vision_select_feature", "patch")),
                 num_frames=int(raw.get("num_frames", 20)),
@@ -195,19 +222,21 @@ class LlavaConfig:
         rope = out.get("rope_parameters")
         if isinstance(rope, dict) and "rope_theta" in rope:
             out.setdefault("rope_theta", rope["rope_theta"])  # the key transformers 4.x reads
-        out.update({
-            "model_type": LLAVA_MODEL_TYPE,
-            "architectures": [LLAVA_ARCHITECTURE],
-            "mm_vision_tower": self.mm_vision_tower,
-            "mm_video_tower": self.mm_video_tower,
-            "mm_projector_type": self.mm_projector_type,
-            "mm_hidden_size": int(self.mm_hidden_size),
-            "mm_vision_select_layer": int(self.mm_vision_select_layer),
-            "mm_vision_select_feature": self.mm_vision_select_feature,
-            "num_frames": int(self.num_frames),
-            "mm_patch_merge_type": self.mm_patch_merge_type,
-            "mm_use_im_start_end": bool(self.mm_use_im_start_end),
-        })
+        out.update(
+            {
+                "model_type": LLAVA_MODEL_TYPE,
+                "architectures": [LLAVA_ARCHITECTURE],
+                "mm_vision_tower": self.mm_vision_tower,
+                "mm_video_tower": self.mm_video_tower,
+                "mm_projector_type": self.mm_projector_type,
+                "mm_hidden_size": int(self.mm_hidden_size),
+                "mm_vision_select_layer": int(self.mm_vision_select_layer),
+                "mm_vision_select_feature": self.mm_vision_select_feature,
+                "num_frames": int(self.num_frames),
+                "mm_patch_merge_type": self.mm_patch_merge_type,
+                "mm_use_im_start_end": bool(self.mm_use_im_start_end),
+            }
+        )
         if self.tokenizer_model_max_length is not None:
             out["tokenizer_model_max_length"] = int(self.tokenizer_model_max_length)
         return out

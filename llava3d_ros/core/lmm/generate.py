@@ -89,8 +89,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def select_token(logits: torch.Tensor, temperature: float, top_p: float | None,
-                 generator: torch.Generator | None) -> int:
+def select_token(
+    logits: torch.Tensor, temperature: float, top_p: float | None, generator: torch.Generator | None
+) -> int:
     """Greedy when ``temperature <= 0``; else temperature + nucleus (top-p) sampling."""
     if temperature <= 0:
         return int(torch.argmax(logits))
@@ -109,8 +110,9 @@ class _TextStream:
     """Incremental detokenization with a hold-back: a delta is emitted only once no stop
     string can still start inside it, and never ends in a partial UTF-8 character."""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str],
-                 on_text: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, tokenizer: Any, stop: Sequence[str], on_text: Callable[[str], None] | None
+    ) -> None:
         self.tokenizer = tokenizer
         self.stop = [s for s in stop if s]
         self.on_text = on_text
@@ -125,7 +127,7 @@ class _TextStream:
         self.full = self._decode(ids)
         hit = [i for i in (self.full.find(s) for s in self.stop) if i >= 0]
         if hit:
-            self.full = self.full[:min(hit)]
+            self.full = self.full[: min(hit)]
             return True
         safe = len(self.full)
         if self.full.endswith("\ufffd"):  # incomplete multi-byte character so far
@@ -137,13 +139,13 @@ class _TextStream:
                 if head.endswith(s[:k]):
                     hold = k
                     break
-        self._emit(head[:safe - hold])
+        self._emit(head[: safe - hold])
         return False
 
     def _emit(self, upto: str) -> None:
         if len(upto) <= len(self.emitted) or not upto.startswith(self.emitted):
             return  # detokenization revised earlier text: wait for the final flush
-        delta = upto[len(self.emitted):]
+        delta = upto[len(self.emitted) :]
         self.emitted = upto
         if self.on_text is not None:
             self.on_text(delta)
@@ -160,13 +162,18 @@ class _TextStream:
 class Llava3DChat:
     """Ask LLaVA-3D about the scene in the memory. Thread-safe (one answer at a time)::
 
-        chat = Llava3DChat.load("/models/llava-3d-7b", device="cuda")
-        pos, feat = memory.pool(kind="vision", voxel_size=0.2, max_tokens=2560)
-        chat.answer("What is on the table?", pos, feat, on_text=print).text
+    chat = Llava3DChat.load("/models/llava-3d-7b", device="cuda")
+    pos, feat = memory.pool(kind="vision", voxel_size=0.2, max_tokens=2560)
+    chat.answer("What is on the table?", pos, feat, on_text=print).text
     """
 
-    def __init__(self, model: Llava3DModel, tokenizer: Any,
-                 template: ConversationTemplate = LLAVA_V1, kv_cache: str = "static") -> None:
+    def __init__(
+        self,
+        model: Llava3DModel,
+        tokenizer: Any,
+        template: ConversationTemplate = LLAVA_V1,
+        kv_cache: str = "static",
+    ) -> None:
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
         self.model = model.eval()
@@ -185,9 +192,15 @@ class Llava3DChat:
         return self._lock.locked()
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | torch.device | None = None,
-             dtype: str | torch.dtype | None = None, *, kv_cache: str = "static",
-             **load_kwargs: Any) -> Llava3DChat:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        kv_cache: str = "static",
+        **load_kwargs: Any,
+    ) -> Llava3DChat:
         """``load_llava3d(path, device, dtype, **load_kwargs)`` wrapped in a chat."""
         from .checkpoint import load_llava3d
 
@@ -195,22 +208,40 @@ class Llava3DChat:
         return cls(model, tokenizer, kv_cache=kv_cache)
 
     @torch.inference_mode()
-    def prepare(self, question: str, scene_positions: Any, scene_features: Any, *,
-                location: Any = None, history: Sequence[tuple[str, str]] = ()
-                ) -> PreparedInput:
+    def prepare(
+        self,
+        question: str,
+        scene_positions: Any,
+        scene_features: Any,
+        *,
+        location: Any = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> PreparedInput:
         """Prompt -> token ids -> ``inputs_embeds`` with scene and location rows in place."""
-        prompt = build_prompt(question, location=location, history=history,
-                              template=self.template,
-                              use_im_start_end=self.model.config.mm_use_im_start_end)
+        prompt = build_prompt(
+            question,
+            location=location,
+            history=history,
+            template=self.template,
+            use_im_start_end=self.model.config.mm_use_im_start_end,
+        )
         ids = tokenize_prompt(self.tokenizer, prompt.text)
         scene = self.model.embed_scene(scene_positions, scene_features)
         if scene.shape[0] == 0:
             logger.warning("no scene tokens: the model answers from the text alone")
-        locs = (self.model.embed_locations(prompt.locations) if prompt.locations
-                else scene.new_zeros((0, self.model.config.hidden_size)))
+        locs = (
+            self.model.embed_locations(prompt.locations)
+            if prompt.locations
+            else scene.new_zeros((0, self.model.config.hidden_size))
+        )
         embeds = self.model.assemble_inputs_embeds(ids, scene, locs)
-        return PreparedInput(prompt=prompt.text, input_ids=ids, inputs_embeds=embeds,
-                             scene_tokens=int(scene.shape[0]), locations=prompt.locations)
+        return PreparedInput(
+            prompt=prompt.text,
+            input_ids=ids,
+            inputs_embeds=embeds,
+            scene_tokens=int(scene.shape[0]),
+            locations=prompt.locations,
+        )
 
     def answer(
         self,
@@ -247,23 +278,49 @@ class Llava3DChat:
             device = self.model.device
             _sync(device)
             t0 = time.perf_counter()
-            prepared = self.prepare(question, scene_positions, scene_features,
-                                    location=location, history=history)
-            return self._generate(prepared, t0, max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p, seed=seed, stop=stop,
-                                  on_text=on_text, cancel=cancel, ignore_eos=ignore_eos)
+            prepared = self.prepare(
+                question, scene_positions, scene_features, location=location, history=history
+            )
+            return self._generate(
+                prepared,
+                t0,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                stop=stop,
+                on_text=on_text,
+                cancel=cancel,
+                ignore_eos=ignore_eos,
+            )
 
-    def describe(self, point: Sequence[float], scene_positions: Any, scene_features: Any, *,
-                 question: str = DEFAULT_DESCRIBE_QUESTION, **kwargs: Any) -> LmmAnswer:
+    def describe(
+        self,
+        point: Sequence[float],
+        scene_positions: Any,
+        scene_features: Any,
+        *,
+        question: str = DEFAULT_DESCRIBE_QUESTION,
+        **kwargs: Any,
+    ) -> LmmAnswer:
         """Caption what is at ``point`` (the click prompt): ``question`` holds one <boxes>."""
-        return self.answer(question, scene_positions, scene_features, location=point,
-                           **kwargs)
+        return self.answer(question, scene_positions, scene_features, location=point, **kwargs)
 
     @torch.inference_mode()
-    def _generate(self, prepared: PreparedInput, t0: float, *, max_new_tokens: int,
-                  temperature: float, top_p: float | None, seed: int | None,
-                  stop: Sequence[str], on_text: Callable[[str], None] | None,
-                  cancel: CancelSource | None, ignore_eos: bool) -> LmmAnswer:
+    def _generate(
+        self,
+        prepared: PreparedInput,
+        t0: float,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str],
+        on_text: Callable[[str], None] | None,
+        cancel: CancelSource | None,
+        ignore_eos: bool,
+    ) -> LmmAnswer:
         from transformers import DynamicCache, StaticCache
 
         llm = self.model.llm
@@ -275,20 +332,32 @@ class Llava3DChat:
         trained = self.model.config.tokenizer_model_max_length
         if trained is not None and n_prompt > int(trained):
             # The release truncates its inputs to this length; we keep the whole prompt.
-            logger.warning("prompt is %d tokens, longer than tokenizer_model_max_length %s",
-                           n_prompt, trained)
+            logger.warning(
+                "prompt is %d tokens, longer than tokenizer_model_max_length %s", n_prompt, trained
+            )
         if n_prompt + max_new_tokens > limit:
-            logger.warning("max_new_tokens %d cut to %d to fit the %d-token context",
-                           max_new_tokens, limit - n_prompt, limit)
+            logger.warning(
+                "max_new_tokens %d cut to %d to fit the %d-token context",
+                max_new_tokens,
+                limit - n_prompt,
+                limit,
+            )
             max_new_tokens = limit - n_prompt
         generator = None
         if seed is not None and temperature > 0:
             generator = torch.Generator(device=device).manual_seed(int(seed))
 
-        cache = (StaticCache(config=llm.config, max_cache_len=n_prompt + max(max_new_tokens, 1))
-                 if self.kv_cache == "static" else DynamicCache(config=llm.config))
-        out = llm(inputs_embeds=prepared.inputs_embeds, past_key_values=cache, use_cache=True,
-                  logits_to_keep=1)
+        cache = (
+            StaticCache(config=llm.config, max_cache_len=n_prompt + max(max_new_tokens, 1))
+            if self.kv_cache == "static"
+            else DynamicCache(config=llm.config)
+        )
+        out = llm(
+            inputs_embeds=prepared.inputs_embeds,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         logits = out.logits[0, -1]
         _sync(device)
         t_prefill = time.perf_counter()

@@ -50,14 +50,14 @@ OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
 def to_official_name(name: str) -> str:
     for ours, theirs in OFFICIAL_PREFIXES:
         if name.startswith(ours):
-            return theirs + name[len(ours):]
+            return theirs + name[len(ours) :]
     raise KeyError(f"no official name for parameter {name!r}")
 
 
 def from_official_name(name: str) -> str:
     for ours, theirs in OFFICIAL_PREFIXES:
         if name.startswith(theirs):
-            return ours + name[len(theirs):]
+            return ours + name[len(theirs) :]
     raise KeyError(f"{name!r} is not a LLaVA-3D parameter name")
 
 
@@ -120,8 +120,12 @@ class Llava3DModel(nn.Module):
     ``max_scene_tokens`` caps the scene tokens fed to the LLM (LLaVA-3D: 2560).
     """
 
-    def __init__(self, config: LlavaConfig, max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
-                 attn_implementation: str | None = "sdpa") -> None:
+    def __init__(
+        self,
+        config: LlavaConfig,
+        max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
+        attn_implementation: str | None = "sdpa",
+    ) -> None:
         super().__init__()
         from transformers import LlamaForCausalLM
 
@@ -166,8 +170,9 @@ class Llava3DModel(nn.Module):
 
     # -- inputs ----------------------------------------------------------------------
 
-    def cap_scene(self, positions: torch.Tensor, features: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    def cap_scene(
+        self, positions: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """At most ``max_scene_tokens`` tokens, chosen by farthest-point sampling.
 
         The memory's ``pool`` already caps with a spatially fair rule; this only fires
@@ -176,8 +181,9 @@ class Llava3DModel(nn.Module):
         if t <= self.max_scene_tokens:
             return positions, features
         keep = farthest_point_indices(positions, self.max_scene_tokens)
-        logger.info("scene has %d tokens, keeping %d by farthest-point sampling",
-                    t, self.max_scene_tokens)
+        logger.info(
+            "scene has %d tokens, keeping %d by farthest-point sampling", t, self.max_scene_tokens
+        )
         return positions[keep], features[keep]
 
     def _check_scene(self, positions: Any, features: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,8 +193,10 @@ class Llava3DModel(nn.Module):
             raise LmmError(f"scene_positions must be (T, 3), got {tuple(pos.shape)}")
         width = int(self.config.mm_hidden_size)
         if feat.ndim != 2 or feat.shape[1] != width:
-            raise LmmError(f"scene_features must be (T, {width}) "
-                           f"({self.config.vision_feature_spec}), got {tuple(feat.shape)}")
+            raise LmmError(
+                f"scene_features must be (T, {width}) "
+                f"({self.config.vision_feature_spec}), got {tuple(feat.shape)}"
+            )
         if pos.shape[0] != feat.shape[0]:
             raise LmmError(f"{pos.shape[0]} scene positions but {feat.shape[0]} feature rows")
         if not (torch.isfinite(pos).all() and torch.isfinite(feat).all()):
@@ -210,8 +218,9 @@ class Llava3DModel(nn.Module):
             raise LmmError("location coordinates must be finite")
         return self.location_embed(pts.to(self.device, self.dtype))
 
-    def assemble_inputs_embeds(self, input_ids: Sequence[int], scene_embeds: torch.Tensor,
-                               location_embeds: torch.Tensor) -> torch.Tensor:
+    def assemble_inputs_embeds(
+        self, input_ids: Sequence[int], scene_embeds: torch.Tensor, location_embeds: torch.Tensor
+    ) -> torch.Tensor:
         """Token ids with IMAGE/LOC placeholders -> (1, N, hidden) ``inputs_embeds``.
 
         The single IMAGE placeholder becomes the T scene rows, each LOC placeholder one
@@ -222,14 +231,21 @@ class Llava3DModel(nn.Module):
         if n_img != 1:
             raise LmmError(f"prompt must hold exactly one scene placeholder, found {n_img}")
         if n_loc != int(location_embeds.shape[0]):
-            raise LmmError(f"prompt has {n_loc} location placeholders but "
-                           f"{location_embeds.shape[0]} locations were given")
+            raise LmmError(
+                f"prompt has {n_loc} location placeholders but "
+                f"{location_embeds.shape[0]} locations were given"
+            )
         vocab = int(self.llm.config.vocab_size)
-        bad = [i for i in ids if i >= vocab or (i < 0 and i not in (IMAGE_TOKEN_INDEX,
-                                                                     LOC_TOKEN_INDEX))]
+        bad = [
+            i
+            for i in ids
+            if i >= vocab or (i < 0 and i not in (IMAGE_TOKEN_INDEX, LOC_TOKEN_INDEX))
+        ]
         if bad:
-            raise LmmError(f"token ids {bad[:5]} outside the model's vocabulary ({vocab}); "
-                           "tokenizer and checkpoint do not match")
+            raise LmmError(
+                f"token ids {bad[:5]} outside the model's vocabulary ({vocab}); "
+                "tokenizer and checkpoint do not match"
+            )
         text_ids = torch.tensor([i for i in ids if i >= 0], dtype=torch.long, device=self.device)
         text = self.llm.get_input_embeddings()(text_ids)
         pieces: list[torch.Tensor] = []
@@ -241,14 +257,14 @@ class Llava3DModel(nn.Module):
                 run += 1
                 continue
             if run:
-                pieces.append(text[t_i:t_i + run])
+                pieces.append(text[t_i : t_i + run])
                 t_i += run
                 run = 0
             if i == IMAGE_TOKEN_INDEX:
                 pieces.append(scene_embeds.to(text.dtype))
             else:
-                pieces.append(location_embeds[loc_i:loc_i + 1].to(text.dtype))
+                pieces.append(location_embeds[loc_i : loc_i + 1].to(text.dtype))
                 loc_i += 1
         if run:
-            pieces.append(text[t_i:t_i + run])
+            pieces.append(text[t_i : t_i + run])
         return torch.cat(pieces, 0).unsqueeze(0)

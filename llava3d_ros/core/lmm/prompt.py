@@ -42,9 +42,12 @@ DEFAULT_DESCRIBE_QUESTION = f"Describe the object at {BOX_PLACEHOLDER} in detail
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 # A bracketed list of 3 numbers (point) or 6 (box), numbers separated by commas.
 _POINT_OR_BOX_RE = re.compile(
-    rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})((?:\s*,\s*{_NUM}){{3}})?\s*\]")
-_BOX_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,"
-                     rf"\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+    rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})((?:\s*,\s*{_NUM}){{3}})?\s*\]"
+)
+_BOX_RE = re.compile(
+    rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,"
+    rf"\s*({_NUM})\s*,\s*({_NUM})\s*\]"
+)
 _SPLIT_RE = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(BOX_PLACEHOLDER)})")
 
 
@@ -87,7 +90,7 @@ def _point(values: Sequence[Any]) -> tuple[float, float, float]:
     p = tuple(round(float(v), 3) for v in values)  # the release rounds clicks to 1 mm
     if len(p) != 3 or not all(math.isfinite(v) for v in p):
         raise LmmError(f"a location must be 3 finite numbers, got {values!r}")
-    return p  # type: ignore[return-value]
+    return p
 
 
 def extract_locations(question: str) -> tuple[str, list[tuple[float, float, float]]]:
@@ -125,9 +128,11 @@ def build_prompt(
         explicit = [_point(r) for r in rows]
     slots = text.count(BOX_PLACEHOLDER)
     if slots != len(written) + len(explicit):
-        raise LmmError(f"question has {slots} location slot(s) ('{BOX_PLACEHOLDER}' or "
-                       f"[x,y,z]) but {len(written)} written + {len(explicit)} given "
-                       "location(s); put one '<boxes>' in the question per location")
+        raise LmmError(
+            f"question has {slots} location slot(s) ('{BOX_PLACEHOLDER}' or "
+            f"[x,y,z]) but {len(written)} written + {len(explicit)} given "
+            "location(s); put one '<boxes>' in the question per location"
+        )
     # Written and explicit points share the slots in text order: merge by position.
     locations = _merge_in_order(question, written, explicit)
     if text.count(IMAGE_PLACEHOLDER) > 1:
@@ -145,7 +150,7 @@ def build_prompt(
         first_user, first_reply = history[0]
         scene_first = text.startswith(f"{IMAGE_PLACEHOLDER}\n")
         if scene_first:
-            text = text[len(IMAGE_PLACEHOLDER) + 1:]
+            text = text[len(IMAGE_PLACEHOLDER) + 1 :]
             first_user = f"{IMAGE_PLACEHOLDER}\n{first_user}"
         turns.append((first_user, first_reply))
         turns += [(u, r) for u, r in history[1:]]
@@ -155,15 +160,18 @@ def build_prompt(
 
 def _is_point(location: Any) -> bool:
     try:
-        return len(location) == 3 and all(not hasattr(v, "__len__") or getattr(v, "ndim", 1) == 0
-                                          for v in location)
+        return len(location) == 3 and all(
+            not hasattr(v, "__len__") or getattr(v, "ndim", 1) == 0 for v in location
+        )
     except TypeError:
         return False
 
 
-def _merge_in_order(question: str, written: list[tuple[float, float, float]],
-                    explicit: list[tuple[float, float, float]]
-                    ) -> list[tuple[float, float, float]]:
+def _merge_in_order(
+    question: str,
+    written: list[tuple[float, float, float]],
+    explicit: list[tuple[float, float, float]],
+) -> list[tuple[float, float, float]]:
     """Slot order in the question: each match is either a literal <boxes> (next explicit
     point) or a written coordinate (next written point)."""
     out: list[tuple[float, float, float]] = []
@@ -227,6 +235,9 @@ def parse_boxes(text: str) -> list[TextBox]:
         v = [float(x) for x in m.groups()]
         if not all(math.isfinite(x) for x in v) or min(v[3:]) < 0:
             continue
-        out.append(TextBox(center=(v[0], v[1], v[2]), size=(v[3], v[4], v[5]),
-                           start=m.start(), end=m.end()))
+        out.append(
+            TextBox(
+                center=(v[0], v[1], v[2]), size=(v[3], v[4], v[5]), start=m.start(), end=m.end()
+            )
+        )
     return out

@@ -47,14 +47,16 @@ class ObjectGroundingConfig:
         "an instance scoring below this does not match (tuned on rooms 1000-1011: "
         "0.25 answered 3 % of queries for absent objects and grounded 79 %, 0.1 answered "
         "8 % and grounded 87 %, 0.05 answered 18 % and grounded 89 %)",
-        0.0, 1.0,
-    )  # fmt: skip
+        0.0,
+        1.0,
+    )
     question_min_score: float = option(
         0.01,
         "questions presuppose the objects they name: a phrase in a question takes the best "
         "instance scoring at least this (a grounding goal needs min_score)",
-        0.0, 1.0,
-    )  # fmt: skip
+        0.0,
+        1.0,
+    )
     colour_floor: float = option(
         0.15, "colour factor of an instance with none of the asked colour", 0.0, 1.0
     )
@@ -68,14 +70,16 @@ class ObjectGroundingConfig:
         0.5,
         '"how many X": instances scoring at least this count (and never fewer than the one '
         "ground would return at min_score)",
-        0.0, 1.0,
-    )  # fmt: skip
+        0.0,
+        1.0,
+    )
     anchor_floor: float = option(
         0.05,
         "anchor scores are divided by max(best anchor score, this): the best reading of an "
         "anchor counts fully unless even it is below this",
-        1e-6, 1.0,
-    )  # fmt: skip
+        1e-6,
+        1.0,
+    )
     superlative_band: float = option(
         0.5, "superlatives choose among candidates scoring >= this x the best", 0.0, 1.0
     )

@@ -109,8 +109,9 @@ class LabelVocabulary:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
-        groups = [[t.format(n) for n in (names or [c]) for t in templates]
-                  for c, names in classes.items()]  # fmt: skip
+        groups = [
+            [t.format(n) for n in (names or [c]) for t in templates] for c, names in classes.items()
+        ]
         flat = [t for g in groups for t in g]
         emb = _cached_embeddings(text, flat, self._encode)
         rows, start = [], 0

@@ -82,8 +82,9 @@ class ObjectConfig:
         0.15,
         "crops wait while keyframes come faster than this (s between them): the encoder is "
         "the ingest's first (crops then catch up when the robot slows or stops)",
-        0.0, 10.0,
-    )  # fmt: skip
+        0.0,
+        10.0,
+    )
     crop_weight: float = option(
         0.5,
         "share of the crop features in an instance's feature (the rest: frame patches)",

@@ -1005,8 +1005,8 @@ class _Segmenter:
                 u = np.abs(d[:, 0] * c + d[:, 1] * s) <= size[0] / 2 + cfg.attach_margin
                 w = np.abs(-d[:, 0] * s + d[:, 1] * c) <= size[1] / 2 + cfg.attach_margin
                 inside = u & w & (h[lv] <= zhi[f] + cfg.on_tolerance) & (la != f)
-                frac = np.bincount(la, weights=inside.astype(np.float64), minlength=n_asm)
-                frac = frac / np.maximum(nvox, 1)
+                inside_n = np.bincount(la, weights=inside.astype(np.float64), minlength=n_asm)
+                frac = inside_n / np.maximum(nvox, 1)
                 better = frac > np.maximum(best_frac, 0.5)
                 best[better] = f
                 best_frac[better] = frac[better]

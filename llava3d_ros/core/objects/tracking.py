@@ -227,8 +227,7 @@ class InstanceTracker:
                 parts = np.flatnonzero(frac_new[:, j] >= cfg.merge_fraction)
                 if parts.size < 2 or old[j].id not in self._tracks:
                     continue
-                keeper = [i for i in parts.tolist() if ids[i] == old[j].id]
-                if not keeper:
+                if not any(ids[i] == old[j].id for i in parts.tolist()):
                     continue
                 off = []
                 for i in parts.tolist():

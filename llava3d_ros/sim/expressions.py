@@ -139,10 +139,10 @@ class SceneObject:
 def objects_from_spec(
     spec: Any, visibility: Mapping[int, tuple[int, int]] | None = None
 ) -> list[SceneObject]:
-    """Objects then furniture of a :class:`~llava3d_ros.eval.scene.SceneSpec`, with unique
+    """Objects then furniture of a :class:`~llava3d_ros.sim.scene.SceneSpec`, with unique
     names assigned. ``visibility``: instance id -> (frames seen, max pixels in a frame)."""
-    from llava3d_ros.eval.assets import asset_vertices
-    from llava3d_ros.eval.scene import object_boxes
+    from llava3d_ros.sim.assets import asset_vertices
+    from llava3d_ros.sim.scene import object_boxes
 
     boxes = object_boxes(spec, include_furniture=True)
     placements = {p.instance_id: p for p in spec.placements()}
@@ -253,9 +253,10 @@ def referring_expressions(
         distractors = _distractors(obj, base, objects)
         candidates: list[tuple[int, float, str, SceneObject]] = []  # (rank, strength, rel, anchor)
         anchors = [
-            o for o in visible if o is not obj and o.name and base not in o.name.split()
-            and o.category != obj.category
-        ]  # fmt: skip
+            o
+            for o in visible
+            if o is not obj and o.name and base not in o.name.split() and o.category != obj.category
+        ]
         for anchor in anchors:
             rels: tuple[str, ...]
             if anchor.role == "furniture":
@@ -332,11 +333,22 @@ def spatial_questions(
     things = [o for o in named if o.role == "object"]
     furniture = [o for o in named if o.role == "furniture"]
     pools: dict[str, list[dict[str, Any]]] = {
-        "relation_yes": [], "relation_no": [], "compare": [], "distance": [], "count": [],
-    }  # fmt: skip
+        "relation_yes": [],
+        "relation_no": [],
+        "compare": [],
+        "distance": [],
+        "count": [],
+    }
 
-    def add(pool: str, q: str, answer: str, kind: str, phrases: tuple[str, ...],
-            rel: str | None, **extra: Any) -> None:  # fmt: skip
+    def add(
+        pool: str,
+        q: str,
+        answer: str,
+        kind: str,
+        phrases: tuple[str, ...],
+        rel: str | None,
+        **extra: Any,
+    ) -> None:
         if _check(q, kind, phrases, rel):
             pools[pool].append({"question": q, "answer": answer, "kind": kind, **extra})
 
@@ -350,42 +362,89 @@ def spatial_questions(
                     continue
                 q = f"Is the {a.name} {RELATION_PHRASES[rel]} the {b.name}?"
                 ids = [a.id, b.id]
-                add(f"relation_{'yes' if truth else 'no'}", q, "Yes" if truth else "No",
-                    RELATION, (a.name, b.name), rel, relation=rel, objects=ids)  # fmt: skip
+                add(
+                    f"relation_{'yes' if truth else 'no'}",
+                    q,
+                    "Yes" if truth else "No",
+                    RELATION,
+                    (a.name, b.name),
+                    rel,
+                    relation=rel,
+                    objects=ids,
+                )
             if a.id < b.id:
                 if _clarity("bigger", a, b, viewpoint) is not None:
                     word = "bigger" if rng.random() < 0.5 else "smaller"
                     first = bool(relation(word, a.box(), b.box(), viewpoint).value)
                     pick = a if first else b
                     q = f"Which is {word}, the {a.name} or the {b.name}?"
-                    add("compare", q, f"the {pick.name}", COMPARE, (a.name, b.name), word,
-                        relation=word, objects=[a.id, b.id])  # fmt: skip
+                    add(
+                        "compare",
+                        q,
+                        f"the {pick.name}",
+                        COMPARE,
+                        (a.name, b.name),
+                        word,
+                        relation=word,
+                        objects=[a.id, b.id],
+                    )
                 if _clarity("in_front_of", a, b, viewpoint) is not None:
                     word = "closer" if rng.random() < 0.5 else "farther"
                     rel = "in_front_of" if word == "closer" else "behind"
                     first = bool(relation(rel, a.box(), b.box(), viewpoint).value)
                     pick = a if first else b
                     q = f"Which is {word}, the {a.name} or the {b.name}?"
-                    add("compare", q, f"the {pick.name}", COMPARE, (a.name, b.name), rel,
-                        relation=rel, objects=[a.id, b.id])  # fmt: skip
+                    add(
+                        "compare",
+                        q,
+                        f"the {pick.name}",
+                        COMPARE,
+                        (a.name, b.name),
+                        rel,
+                        relation=rel,
+                        objects=[a.id, b.id],
+                    )
                 d = float(np.linalg.norm(np.subtract(a.center, b.center)))
                 q = f"How far is the {a.name} from the {b.name}?"
-                add("distance", q, _fmt_m(d), DISTANCE, (a.name, b.name), None,
-                    relation="distance", objects=[a.id, b.id])  # fmt: skip
+                add(
+                    "distance",
+                    q,
+                    _fmt_m(d),
+                    DISTANCE,
+                    (a.name, b.name),
+                    None,
+                    relation="distance",
+                    objects=[a.id, b.id],
+                )
         for f in furniture:
             truth = _clarity("on_top_of", a, f, viewpoint)
             if truth is None:
                 continue
             q = f"Is the {a.name} on the {f.name}?"
-            add(f"relation_{'yes' if truth else 'no'}", q, "Yes" if truth else "No",
-                RELATION, (a.name, f.name), "on_top_of", relation="on_top_of",
-                objects=[a.id, f.id])  # fmt: skip
+            add(
+                f"relation_{'yes' if truth else 'no'}",
+                q,
+                "Yes" if truth else "No",
+                RELATION,
+                (a.name, f.name),
+                "on_top_of",
+                relation="on_top_of",
+                objects=[a.id, f.id],
+            )
         d = float(math.dist(viewpoint.position, a.center))
         q = f"How far away is the {a.name}?"
-        add("distance", q, _fmt_m(d), DISTANCE_TO_VIEWER, (a.name,), None,
-            relation="distance_to_viewer", objects=[a.id])  # fmt: skip
+        add(
+            "distance",
+            q,
+            _fmt_m(d),
+            DISTANCE_TO_VIEWER,
+            (a.name,),
+            None,
+            relation="distance_to_viewer",
+            objects=[a.id],
+        )
     # Counts: by category name, only when every object carrying that name was seen.
-    from llava3d_ros.eval.assets import CATEGORIES
+    from llava3d_ros.sim.assets import CATEGORIES
 
     seen: set[str] = set()
     for o in objects:
@@ -398,8 +457,16 @@ def spatial_questions(
         if not all(x.visible for x in carriers):
             continue
         q = f"How many {plural(word)} are there?"
-        add("count", q, str(len(carriers)), COUNT, (word,), None, relation="count",
-            objects=[x.id for x in carriers])  # fmt: skip
+        add(
+            "count",
+            q,
+            str(len(carriers)),
+            COUNT,
+            (word,),
+            None,
+            relation="count",
+            objects=[x.id for x in carriers],
+        )
     present = {n for o in objects for n in o.names}
     absent = [(c, n) for c, n in absent_categories if n not in present]
     if absent:
@@ -417,7 +484,7 @@ def spatial_questions(
         take = round(quotas[name] * scale)
         chosen += [pool[i] for i in order[:take]]
         leftovers += [pool[i] for i in order[take:]]
-    rng.shuffle(leftovers)  # type: ignore[arg-type]
+    rng.shuffle(leftovers)
     chosen += leftovers[: max(0, n_questions - len(chosen))]
     # Stable, readable order: by kind, then question text; no duplicates.
     unique = {q["question"]: q for q in chosen}
@@ -438,4 +505,3 @@ def object_by_id(objects: Iterable[SceneObject], key: str | int) -> SceneObject:
             if o.instance_id == int(key):
                 return o
     raise KeyError(f"no object {key!r}; known: {', '.join(o.id for o in objs)}")
-

@@ -3,7 +3,7 @@
 
 ``llava3d-ros train-head --out DIR [--seed N] [--quick]``:
 
-1. renders the head data set (:mod:`llava3d_ros.eval.headdata`; cached per room, so a
+1. renders the head data set (:mod:`llava3d_ros.train.headdata`; cached per room, so a
    second run only trains),
 2. embeds the vocabulary with MiniLM: each class's target is the mean embedding of its
    natural names in a few prompt templates ("ketchup", "a ketchup bottle", ...); room
@@ -44,14 +44,34 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+import numpy as np
+import torch
+from tqdm import tqdm
 
-    from llava3d_ros.core.encoders.alignment_head import AlignmentHead
-    from llava3d_ros.eval.headdata import HeadDataset, HeadVocabulary
+from llava3d_ros.core.encoders import create_encoders, create_text_encoder
+from llava3d_ros.core.encoders.alignment_head import AlignmentHead
+from llava3d_ros.core.encoders.base import EncoderError
+from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
+from llava3d_ros.core.grounding import DEFAULT_NEGATIVE_PROMPTS
+from llava3d_ros.core.pipeline import PipelineConfig, ScenePipeline
+from llava3d_ros.core.spatial import Box3D
+from llava3d_ros.models import default_head_path as shipped_head
+from llava3d_ros.sim.scene import (
+    build_pyrender_scene,
+    compose_room,
+    object_boxes,
+    walkthrough_poses,
+)
+from llava3d_ros.train import headdata as hd
+from llava3d_ros.train.headdata import (
+    SPLITS,
+    TRAIN,
+    HeadDataset,
+    HeadVocabulary,
+    heldout_paraphrases,
+)
 
 __all__ = [
     "HEAD_FILE",
@@ -84,14 +104,11 @@ def default_head_path(must_exist: bool = False) -> Path:
     default_head_path`: ``models/`` of the source checkout, else the installed share
     directory). Where none is installed: with ``must_exist`` an :class:`EncoderError` that
     says how to get one, otherwise the checkout path (for a caller to report or write)."""
-    from llava3d_ros.models import default_head_path as shipped_head
 
     path = shipped_head()
     if path is not None:
         return path
     if must_exist:
-        from llava3d_ros.core.encoders.base import EncoderError
-
         raise EncoderError(
             "default alignment head not found (models/default_head/head.safetensors in the "
             "checkout or share/llava3d_ros/models); train one with `llava3d-ros train-head "
@@ -141,7 +158,6 @@ def class_targets(
     text_encoder: Any, vocab: HeadVocabulary, templates: Sequence[str] = TEMPLATES
 ) -> torch.Tensor:
     """(C, D) unit targets: mean over names x templates of each class's embedding."""
-    import torch
 
     rows = []
     for c in vocab.classes:
@@ -162,7 +178,6 @@ def training_labels(ds: HeadDataset, cfg: TrainConfig) -> tuple[np.ndarray, np.n
     ``cfg.object_priority`` of the pixels is labelled with that object (share 1): a
     small object seen from afar fills only part of a patch, and grounding must still
     find it there."""
-    import numpy as np
 
     label, frac = ds.majority()
     if cfg.object_priority <= 0:
@@ -177,30 +192,6 @@ def training_labels(ds: HeadDataset, cfg: TrainConfig) -> tuple[np.ndarray, np.n
     label[hit] = obj[best[hit]]
     frac[hit] = 1.0
     return label, frac
-
-
-class _Progress:
-    """tqdm when available and wanted, otherwise silent."""
-
-    def __init__(self, total: int, desc: str, unit: str, enabled: bool) -> None:
-        self._bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                self._bar = None
-
-    def update(self, n: int = 1, postfix: str = "") -> None:
-        if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix_str(postfix, refresh=False)
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def train(
@@ -218,11 +209,6 @@ def train(
     (K, D) embeddings that take part in the softmax but are never a label.
 
     Returns the head (eval mode) and a history (loss per epoch, logit scale, seconds)."""
-    import numpy as np
-    import torch
-
-    from llava3d_ros.core.encoders.alignment_head import AlignmentHead
-    from llava3d_ros.eval.headdata import TRAIN
 
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
@@ -270,7 +256,7 @@ def train(
         lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
     )
     history: dict[str, Any] = {"loss": [], "patches": len(sel)}
-    bar = _Progress(total, "training head", "step", progress)
+    bar = tqdm(total=total, desc="training head", unit="step", disable=not progress)
     t0 = time.perf_counter()
     head.train()
     try:
@@ -300,7 +286,8 @@ def train(
                 sched.step()
                 run_loss += float(loss.detach()) * len(idx)
                 seen += len(idx)
-                bar.update(1, f"epoch {epoch + 1}/{cfg.epochs} loss {run_loss / seen:.3f}")
+                bar.set_postfix_str(f"epoch {epoch + 1}/{cfg.epochs} loss {run_loss / seen:.3f}")
+                bar.update(1)
             history["loss"].append(run_loss / max(seen, 1))
     finally:
         bar.close()
@@ -322,8 +309,6 @@ def train(
 
 
 def _embed_all(head: AlignmentHead, features: np.ndarray, chunk: int = 65536) -> torch.Tensor:
-    import numpy as np
-    import torch
 
     out = []
     with torch.no_grad():
@@ -365,11 +350,6 @@ def evaluate_patches(
       needs), ``background_false_positive``: share of room patches where some object
       name beats every negative.
     """
-    import numpy as np
-    import torch
-
-    from llava3d_ros.core.grounding import DEFAULT_NEGATIVE_PROMPTS
-    from llava3d_ros.eval.headdata import SPLITS, heldout_paraphrases
 
     vocab = ds.vocab
     label, frac = ds.majority()
@@ -521,18 +501,8 @@ def grounding_eval(
     ground-truth box with 3D IoU >= ``iou_threshold`` (``centre_hit``: the top box's
     centre lies inside the ground-truth box grown by 5 cm). Objects of the same category
     as another object in the room are scored against the nearest of them."""
-    import numpy as np
 
-    from llava3d_ros.core.encoders import create_encoders
-    from llava3d_ros.core.pipeline import PipelineConfig, ScenePipeline
-    from llava3d_ros.core.spatial import Box3D
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import (
-        build_pyrender_scene,
-        compose_room,
-        object_boxes,
-        walkthrough_poses,
-    )
+    from llava3d_ros.sim.render import RGBDRenderer
 
     bundle = create_encoders(
         {
@@ -546,7 +516,7 @@ def grounding_eval(
     renderer = RGBDRenderer(width, height)
     intr = renderer.intrinsics
     rows: list[dict[str, Any]] = []
-    bar = _Progress(len(seeds), "grounding held-out rooms", "room", progress)
+    bar = tqdm(total=len(seeds), desc="grounding held-out rooms", unit="room", disable=not progress)
     t0 = time.perf_counter()
     try:
         for seed in seeds:
@@ -581,7 +551,7 @@ def grounding_eval(
                     best = 0.0
                     hit = False
                     for g in same:
-                        gb = Box3D(center=g.center, size=g.size, yaw=g.yaw)
+                        gb = Box3D(center=np.asarray(g.center), size=np.asarray(g.size), yaw=g.yaw)
                         best = max(best, top.iou(gb))
                         hit |= bool(g.contains(np.asarray(top.center)[None], margin=0.05)[0])
                     row.update(
@@ -669,11 +639,6 @@ def run_training(
 ) -> dict[str, Any]:
     """Generate (or reuse) the data, train, evaluate, write head + metrics. Returns the
     metrics dict (also written to ``out_dir/metrics.json``)."""
-    import torch
-
-    from llava3d_ros.core.encoders import create_text_encoder
-    from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
-    from llava3d_ros.eval import headdata as hd
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -841,7 +806,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m llava3d_ros.eval.train_head",
+        prog="python -m llava3d_ros.train.train_head",
         description="Train the default alignment head.",
     )
     add_arguments(parser)

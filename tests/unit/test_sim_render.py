@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from llava3d_ros.eval.render import (
+from llava3d_ros.sim.render import (
     CameraIntrinsics,
     RenderScene,
     RGBDRenderer,
@@ -18,7 +18,7 @@ from llava3d_ros.eval.render import (
     frame_panel,
     mesh_from_trimesh,
 )
-from llava3d_ros.eval.scene import look_at
+from llava3d_ros.sim.scene import look_at
 
 W, H = 160, 120
 
@@ -173,7 +173,7 @@ def test_visualisation_helpers_shapes() -> None:
     i = colorize_instance(inst)
     assert d.shape == i.shape == (4, 5, 3) and (d[0, 0] == 0).all() and (i[0, 1] == 0).all()
     assert (i[0, 0] != i[1, 2]).any()
-    from llava3d_ros.eval.render import RenderedFrame
+    from llava3d_ros.sim.render import RenderedFrame
 
     frame = RenderedFrame(
         np.zeros((4, 5, 3), np.uint8), depth, inst, default_intrinsics(5, 4), np.eye(4)

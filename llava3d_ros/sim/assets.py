@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import trimesh
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "CATEGORIES",
@@ -528,33 +529,6 @@ class _Part:
     rgba: np.ndarray  # (4,) colour (multiplies the texture when there is one)
 
 
-def _quat_wxyz_to_matrix(q: Sequence[float]) -> np.ndarray:
-    w, x, y, z = np.asarray(q, dtype=float) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def _rpy_to_matrix(rpy: Sequence[float]) -> np.ndarray:
-    r, p, y = rpy
-    cr, sr, cp, sp, cy, sy = (
-        math.cos(r),
-        math.sin(r),
-        math.cos(p),
-        math.sin(p),
-        math.cos(y),
-        math.sin(y),
-    )
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx  # URDF: fixed-axis roll, then pitch, then yaw
-
-
 def _floats(text: str | None, default: Sequence[float]) -> np.ndarray:
     if text is None:
         return np.asarray(default, dtype=float)
@@ -566,7 +540,9 @@ def _pose_matrix(elem: ET.Element) -> np.ndarray:
     t = np.eye(4)
     t[:3, 3] = _floats(elem.get("pos"), (0, 0, 0))
     if elem.get("quat") is not None:
-        t[:3, :3] = _quat_wxyz_to_matrix(_floats(elem.get("quat"), (1, 0, 0, 0)))
+        t[:3, :3] = Rotation.from_quat(
+            _floats(elem.get("quat"), (1, 0, 0, 0)), scalar_first=True
+        ).as_matrix()
     return t
 
 
@@ -654,7 +630,10 @@ def _urdf_parts(urdf_path: Path) -> list[_Part]:
         origin = visual.find("origin")
         if origin is not None:
             t[:3, 3] = _floats(origin.get("xyz"), (0, 0, 0))
-            t[:3, :3] = _rpy_to_matrix(_floats(origin.get("rpy"), (0, 0, 0)))
+            # URDF rpy: fixed axes, roll then pitch then yaw (scipy: extrinsic "xyz").
+            t[:3, :3] = Rotation.from_euler(
+                "xyz", _floats(origin.get("rpy"), (0, 0, 0))
+            ).as_matrix()
         rgba = np.ones(4)
         mat = visual.find("material")
         if mat is not None:
@@ -1072,7 +1051,9 @@ def _to_trimesh(g: _Geometry, part: _Part, t_norm: np.ndarray) -> trimesh.Trimes
             arr = np.asarray(image, dtype=np.float32) * rgba[:3]
             image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
         material = trimesh.visual.material.SimpleMaterial(image=image, diffuse=[255, 255, 255, 255])
-        visual = trimesh.visual.TextureVisuals(uv=g.uv, material=material)
+        visual: trimesh.visual.TextureVisuals | trimesh.visual.ColorVisuals = (
+            trimesh.visual.TextureVisuals(uv=g.uv, material=material)
+        )
     else:
         colour = g.colour if (g.colour is not None and part.texture_path is None) else part.rgba
         rgba8 = np.clip(np.asarray(colour) * 255, 0, 255).astype(np.uint8)

@@ -2,7 +2,7 @@
 rosbag2, plus ``scene.json`` with the ground truth.
 
 The room (floor, walls, furniture, real scanned objects at non-overlapping poses) and the
-camera path come from :mod:`llava3d_ros.eval.scene` and are fully decided by the seed;
+camera path come from :mod:`llava3d_ros.sim.scene` and are fully decided by the seed;
 frames are rendered headless with pyrender (EGL). The bag holds what a robot with an
 RGB-D camera (RealSense-style topic names) and a localisation stack would record:
 
@@ -237,19 +237,31 @@ class _Messages:
         h, w = arr.shape[:2]
         data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
         return self.Image(
-            header=self.header(stamp_ns, frame_id), height=h, width=w, encoding=encoding,
-            is_bigendian=0, step=int(data.size // h), data=data,
-        )  # fmt: skip
+            header=self.header(stamp_ns, frame_id),
+            height=h,
+            width=w,
+            encoding=encoding,
+            is_bigendian=0,
+            step=int(data.size // h),
+            data=data,
+        )
 
     def camera_info(self, stamp_ns: int, frame_id: str, intr: Any) -> Any:
         k = np.array([intr.fx, 0, intr.cx, 0, intr.fy, intr.cy, 0, 0, 1], dtype=np.float64)
         p = np.array([intr.fx, 0, intr.cx, 0, 0, intr.fy, intr.cy, 0, 0, 0, 1, 0], np.float64)
         return self.CameraInfo(
-            header=self.header(stamp_ns, frame_id), height=intr.height, width=intr.width,
-            distortion_model="plumb_bob", d=np.zeros(5), k=k, r=np.eye(3).reshape(-1), p=p,
-            binning_x=0, binning_y=0,
+            header=self.header(stamp_ns, frame_id),
+            height=intr.height,
+            width=intr.width,
+            distortion_model="plumb_bob",
+            d=np.zeros(5),
+            k=k,
+            r=np.eye(3).reshape(-1),
+            p=p,
+            binning_x=0,
+            binning_y=0,
             roi=self.Roi(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
-        )  # fmt: skip
+        )
 
     def transform(self, stamp_ns: int, parent: str, child: str, t: np.ndarray) -> Any:
         from llava3d_ros.core.geometry import quaternion_from_rotation_matrix
@@ -303,8 +315,15 @@ def _qos(transient_local: bool, depth: int) -> Any:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="frame",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 @dataclass
@@ -327,7 +346,7 @@ class Walkthrough:
     in as frames are rendered; ``document()`` then builds ``scene.json``."""
 
     def __init__(self, config: BagConfig) -> None:
-        from llava3d_ros.eval.scene import compose_room, walkthrough_poses
+        from llava3d_ros.sim.scene import compose_room, walkthrough_poses
 
         self.config = config
         self.spec = compose_room(config.seed, n_objects=config.objects)
@@ -339,8 +358,8 @@ class Walkthrough:
         self.intrinsics: Any = None
 
     def frames(self, progress: bool = False) -> Iterator[WalkthroughFrame]:
-        from llava3d_ros.eval.render import RGBDRenderer
-        from llava3d_ros.eval.scene import build_pyrender_scene
+        from llava3d_ros.sim.render import RGBDRenderer
+        from llava3d_ros.sim.scene import build_pyrender_scene
 
         cfg = self.config
         noise_rng = np.random.default_rng(cfg.seed + 104_729)
@@ -371,12 +390,12 @@ class Walkthrough:
     def document(self, message_counts: dict[str, int], seconds: float) -> dict[str, Any]:
         """``scene.json``: ground truth, expressions and questions (after ``frames()``)."""
         from llava3d_ros.core.spatial import Viewpoint
-        from llava3d_ros.eval import expressions as ex
-        from llava3d_ros.eval.assets import vocabulary
+        from llava3d_ros.sim import expressions as ex
+        from llava3d_ros.sim.assets import vocabulary
 
         cfg, intr, stamps = self.config, self.intrinsics, self.stamps
         if intr is None:
-            from llava3d_ros.eval.render import default_intrinsics
+            from llava3d_ros.sim.render import default_intrinsics
 
             intr = default_intrinsics(cfg.width, cfg.height)
         viewpoint = Viewpoint.from_transform(self.base_poses[-1], forward_axis="x")
@@ -429,9 +448,12 @@ class Walkthrough:
 
 
 def make_bag(
-    out: str | Path, config: BagConfig = BagConfig(), *, overwrite: bool = False,
+    out: str | Path,
+    config: BagConfig = BagConfig(),
+    *,
+    overwrite: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Render the walk-through and write the bag directory ``out`` (rosbag2 + scene.json).
     Returns the scene document."""
     from rosbags.rosbag2 import Writer
@@ -457,42 +479,66 @@ def make_bag(
             ts = m.store
             conns = {
                 TF_STATIC_TOPIC: writer.add_connection(
-                    TF_STATIC_TOPIC, "tf2_msgs/msg/TFMessage", typestore=ts,
-                    offered_qos_profiles=[_qos(True, 1)]),
+                    TF_STATIC_TOPIC,
+                    "tf2_msgs/msg/TFMessage",
+                    typestore=ts,
+                    offered_qos_profiles=[_qos(True, 1)],
+                ),
                 TF_TOPIC: writer.add_connection(
-                    TF_TOPIC, "tf2_msgs/msg/TFMessage", typestore=ts,
-                    offered_qos_profiles=[_qos(False, 100)]),
+                    TF_TOPIC,
+                    "tf2_msgs/msg/TFMessage",
+                    typestore=ts,
+                    offered_qos_profiles=[_qos(False, 100)],
+                ),
                 INFO_TOPIC: writer.add_connection(
-                    INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=ts,
-                    offered_qos_profiles=[_qos(False, 10)]),
+                    INFO_TOPIC,
+                    "sensor_msgs/msg/CameraInfo",
+                    typestore=ts,
+                    offered_qos_profiles=[_qos(False, 10)],
+                ),
                 DEPTH_TOPIC: writer.add_connection(
-                    DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=ts,
-                    offered_qos_profiles=[_qos(False, 10)]),
+                    DEPTH_TOPIC,
+                    "sensor_msgs/msg/Image",
+                    typestore=ts,
+                    offered_qos_profiles=[_qos(False, 10)],
+                ),
                 COLOR_TOPIC: writer.add_connection(
-                    COLOR_TOPIC, "sensor_msgs/msg/Image", typestore=ts,
-                    offered_qos_profiles=[_qos(False, 10)]),
-            }  # fmt: skip
+                    COLOR_TOPIC,
+                    "sensor_msgs/msg/Image",
+                    typestore=ts,
+                    offered_qos_profiles=[_qos(False, 10)],
+                ),
+            }
 
             def write(topic: str, log_ns: int, msg: Any) -> None:
                 writer.write(conns[topic], log_ns, m.serialize(msg))
                 counts[topic] += 1
 
-            static = m.tf([
-                m.transform(stamps[0], FRAMES["base"], FRAMES["camera_link"], t_base_link),
-                m.transform(stamps[0], FRAMES["camera_link"], FRAMES["optical"], t_link_opt),
-            ])  # fmt: skip
+            static = m.tf(
+                [
+                    m.transform(stamps[0], FRAMES["base"], FRAMES["camera_link"], t_base_link),
+                    m.transform(stamps[0], FRAMES["camera_link"], FRAMES["optical"], t_link_opt),
+                ]
+            )
             write(TF_STATIC_TOPIC, stamps[0], static)
             for f in walk.frames(progress):
                 stamp = f.stamp_ns
                 intr = walk.intrinsics
-                tf = m.tf([
-                    m.transform(stamp, FRAMES["map"], FRAMES["odom"], t_map_odom),
-                    m.transform(stamp, FRAMES["odom"], FRAMES["base"], t_odom_map @ f.t_map_base),
-                ])  # fmt: skip
+                tf = m.tf(
+                    [
+                        m.transform(stamp, FRAMES["map"], FRAMES["odom"], t_map_odom),
+                        m.transform(
+                            stamp, FRAMES["odom"], FRAMES["base"], t_odom_map @ f.t_map_base
+                        ),
+                    ]
+                )
                 write(TF_TOPIC, stamp, tf)
                 write(INFO_TOPIC, stamp + 1, m.camera_info(stamp, FRAMES["optical"], intr))
-                write(DEPTH_TOPIC, stamp + 2,
-                      m.image(stamp, FRAMES["optical"], depth_to_mm(f.depth), "16UC1"))  # fmt: skip
+                write(
+                    DEPTH_TOPIC,
+                    stamp + 2,
+                    m.image(stamp, FRAMES["optical"], depth_to_mm(f.depth), "16UC1"),
+                )
                 write(COLOR_TOPIC, stamp + 3, m.image(stamp, FRAMES["optical"], f.rgb, "rgb8"))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # never leave half a bag behind
@@ -533,15 +579,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> BagConfig:
     return BagConfig(
-        seed=args.seed, frames=args.frames, rate=args.rate, storage=args.storage,
-        width=args.width, height=args.height, objects=args.objects, noise=args.noise,
-    )  # fmt: skip
+        seed=args.seed,
+        frames=args.frames,
+        rate=args.rate,
+        storage=args.storage,
+        width=args.width,
+        height=args.height,
+        objects=args.objects,
+        noise=args.noise,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
-    doc = make_bag(args.out, config_from_args(args), overwrite=args.force,
-                   progress=not args.no_progress)  # fmt: skip
+    doc = make_bag(
+        args.out, config_from_args(args), overwrite=args.force, progress=not args.no_progress
+    )
     visible = sum(o["visible"] for o in doc["objects"] if o["role"] == "object")
     print(
         f"wrote {args.out}: {doc['bag']['message_counts'][COLOR_TOPIC]} frames "

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from llava3d_ros.eval.assets import (
+from llava3d_ros.sim.assets import (
     AssetSpec,
     asset_vertices,
     catalog,
@@ -38,7 +38,7 @@ from llava3d_ros.eval.assets import (
 )
 
 if TYPE_CHECKING:  # render.py imports pyrender (and sets up EGL): only when rendering
-    from llava3d_ros.eval.render import RenderScene, RGBDRenderer
+    from llava3d_ros.sim.render import RenderScene, RGBDRenderer
 
 __all__ = [
     "FURNITURE_ID_BASE",
@@ -146,19 +146,19 @@ class SceneSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SceneSpec:
         def style(s: dict[str, Any]) -> SurfaceStyle:
-            return SurfaceStyle(tuple(s["colour"]), s.get("texture"), float(s["tile_m"]))  # type: ignore[arg-type]
+            return SurfaceStyle(tuple(s["colour"]), s.get("texture"), float(s["tile_m"]))
 
         return cls(
             seed=int(d["seed"]),
-            room_size=tuple(d["room_size"]),  # type: ignore[arg-type]
+            room_size=tuple(d["room_size"]),
             floor=style(d["floor"]),
             walls=style(d["walls"]),
             ceiling=style(d["ceiling"]),
             furniture=tuple(Placement(**p) for p in d["furniture"]),
             objects=tuple(Placement(**p) for p in d["objects"]),
-            ambient=tuple(d["ambient"]),  # type: ignore[arg-type]
+            ambient=tuple(d["ambient"]),
             lights=tuple(
-                Light(li["kind"], tuple(li["vector"]), tuple(li["colour"]), float(li["intensity"]))  # type: ignore[arg-type]
+                Light(li["kind"], tuple(li["vector"]), tuple(li["colour"]), float(li["intensity"]))
                 for li in d["lights"]
             ),
             version=int(d.get("version", 1)),
@@ -247,8 +247,8 @@ def _place_furniture(
                 # Grow the search ring slowly so the cluster stays compact.
                 radius = 1.0 + 0.01 * attempt + max(asset.size[:2]) / 2
                 ang = rng.uniform(0, 2 * math.pi)
-                cx = np.mean([r.cx for r in rects])
-                cy = np.mean([r.cy for r in rects])
+                cx = float(np.mean([r.cx for r in rects]))
+                cy = float(np.mean([r.cy for r in rects]))
                 x, y = cx + radius * math.cos(ang), cy + radius * math.sin(ang)
             rect = _footprint(asset, x, y, yaw)
             gap = float(rng.uniform(0.3, 0.8))
@@ -650,11 +650,11 @@ def _surface_mesh(
 
 
 def build_pyrender_scene(spec: SceneSpec, renderer: RGBDRenderer) -> RenderScene:
-    """A :class:`~llava3d_ros.eval.render.RenderScene` for ``spec`` built from
+    """A :class:`~llava3d_ros.sim.render.RenderScene` for ``spec`` built from
     ``renderer``'s cached asset meshes (render it with that renderer only)."""
     import pyrender
 
-    from llava3d_ros.eval.render import RenderScene, mesh_from_trimesh
+    from llava3d_ros.sim.render import RenderScene, mesh_from_trimesh
 
     sx, sy, h = spec.room_size
     x0, x1, y0, y1 = -sx / 2, sx / 2, -sy / 2, sy / 2
@@ -891,14 +891,14 @@ def object_views(
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """Render example rooms: ``python -m llava3d_ros.eval.scene --out DIR --seeds 0 1``."""
+    """Render example rooms: ``python -m llava3d_ros.sim.scene --out DIR --seeds 0 1``."""
     import argparse
     import time
     from pathlib import Path
 
     from PIL import Image
 
-    from llava3d_ros.eval.render import RGBDRenderer, frame_panel
+    from llava3d_ros.sim.render import RGBDRenderer, frame_panel
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("--out", type=Path, default=Path("/tmp/llava3d_renders"))

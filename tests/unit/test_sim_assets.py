@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from llava3d_ros.eval import assets as A
+from llava3d_ros.sim import assets as A
 
 pytestmark = pytest.mark.skipif(
     A.libero_assets_root() is None,

@@ -40,7 +40,7 @@ from OpenGL.GL import GL_MULTISAMPLE
 from pyrender.constants import GLTF, RenderFlags
 
 from llava3d_ros.core.geometry import CameraIntrinsics
-from llava3d_ros.eval.assets import load_asset
+from llava3d_ros.sim.assets import load_asset
 
 __all__ = [
     "OPTICAL_TO_GL",
@@ -105,6 +105,8 @@ def mesh_from_trimesh(
         geoms = list(geometries)
     primitives: list[pyrender.Primitive] = []
     for g in geoms:
+        if not isinstance(g, trimesh.Trimesh):
+            raise TypeError(f"only triangle meshes render, got a {type(g).__name__}")
         visual = g.visual
         texture = None
         base_colour = np.array([0.6, 0.6, 0.6, 1.0])
@@ -301,7 +303,7 @@ class RGBDRenderer:
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.delete()
-            self._renderer = None  # type: ignore[assignment]
+            self._renderer = None
         self._meshes.clear()
 
     def __enter__(self) -> RGBDRenderer:

@@ -15,16 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import write_official_checkpoint
-from .config import DEFAULT_MAX_SCENE_TOKENS, LlavaConfig
-from .model import Llava3DModel
-from .prompt import SYSTEM_PROMPT_V1
+from llava3d_ros.core.lmm.checkpoint import write_official_checkpoint
+from llava3d_ros.core.lmm.config import DEFAULT_MAX_SCENE_TOKENS, LlavaConfig
+from llava3d_ros.core.lmm.model import Llava3DModel
+from llava3d_ros.core.lmm.prompt import SYSTEM_PROMPT_V1
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 # Words of the llava_v1 template plus some question words, so prompts tokenize without <unk>.
-_WORDS = ("USER: ASSISTANT: What Where Which How is are the a an of on in at to and chair "
-          "table cup mug room object color Describe describe detail. left right above below "
-          "near red blue green there ? . ,")
+_WORDS = (
+    "USER: ASSISTANT: What Where Which How is are the a an of on in at to and chair "
+    "table cup mug room object color Describe describe detail. left right above below "
+    "near red blue green there ? . ,"
+)
 BASE_WORDS = tuple(dict.fromkeys(SYSTEM_PROMPT_V1.split() + _WORDS.split(" ")))
 
 
@@ -43,26 +45,40 @@ def make_word_tokenizer(words: Iterable[str] = (), vocab_size: int | None = None
         i += 1
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                       special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
-def tiny_config(vocab_size: int, *, hidden_size: int = 64, num_layers: int = 2,
-                num_heads: int = 4, num_kv_heads: int | None = None,
-                intermediate_size: int = 128, mm_hidden_size: int = 32,
-                max_position_embeddings: int = 4096, tie_word_embeddings: bool = False
-                ) -> LlavaConfig:
+def tiny_config(
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int | None = None,
+    intermediate_size: int = 128,
+    mm_hidden_size: int = 32,
+    max_position_embeddings: int = 4096,
+    tie_word_embeddings: bool = False,
+) -> LlavaConfig:
     from transformers import LlamaConfig
 
     llama = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads or num_heads,
-        max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tie_word_embeddings,
+        max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return LlavaConfig(llama=llama, mm_hidden_size=mm_hidden_size)
 
@@ -86,18 +102,28 @@ def randomize_(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
     return model
 
 
-def make_tiny_model(vocab_size: int, seed: int = 0, std: float = 0.2,
-                    max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS, **config_kw: Any
-                    ) -> Llava3DModel:
+def make_tiny_model(
+    vocab_size: int,
+    seed: int = 0,
+    std: float = 0.2,
+    max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
+    **config_kw: Any,
+) -> Llava3DModel:
     """A randomly initialised tiny model (fp32, CPU). ``std`` 0.2 gives peaked logits, so
     greedy choices are not near-ties."""
     model = Llava3DModel(tiny_config(vocab_size, **config_kw), max_scene_tokens)
     return randomize_(model, seed, std).eval()
 
 
-def make_tiny_checkpoint(path: str | os.PathLike[str], *, seed: int = 0, shards: int = 2,
-                         words: Iterable[str] = (), std: float = 0.2, **config_kw: Any
-                         ) -> Path:
+def make_tiny_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    shards: int = 2,
+    words: Iterable[str] = (),
+    std: float = 0.2,
+    **config_kw: Any,
+) -> Path:
     """Write a tiny random LLaVA-3D checkpoint + tokenizer in the official layout."""
     tokenizer = make_word_tokenizer(words)
     model = make_tiny_model(len(tokenizer), seed=seed, std=std, **config_kw)

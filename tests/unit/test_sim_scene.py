@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from llava3d_ros.eval import assets as A
-from llava3d_ros.eval.scene import (
+from llava3d_ros.sim import assets as A
+from llava3d_ros.sim.scene import (
     FURNITURE_ID_BASE,
     SceneSpec,
     _footprint,
@@ -186,7 +186,7 @@ def test_object_views_around_an_asset_and_in_a_scene() -> None:
 
 @pytest.fixture(scope="module")
 def renderer() -> Iterator:
-    from llava3d_ros.eval.render import RGBDRenderer
+    from llava3d_ros.sim.render import RGBDRenderer
 
     try:
         r = RGBDRenderer(320, 240, fx=262.5, fy=262.5)
@@ -206,7 +206,7 @@ def _world_points(frame, mask: np.ndarray) -> np.ndarray:
 
 
 def test_ground_truth_boxes_contain_the_rendered_objects(renderer) -> None:
-    from llava3d_ros.eval.scene import build_pyrender_scene
+    from llava3d_ros.sim.scene import build_pyrender_scene
 
     spec = compose_room(21, n_objects=5)
     scene = build_pyrender_scene(spec, renderer)
@@ -232,7 +232,7 @@ def test_ground_truth_boxes_contain_the_rendered_objects(renderer) -> None:
 
 
 def test_object_view_renders_the_object(renderer) -> None:
-    from llava3d_ros.eval.scene import build_pyrender_scene
+    from llava3d_ros.sim.scene import build_pyrender_scene
 
     spec = compose_room(8, n_objects=3)
     scene = build_pyrender_scene(spec, renderer)

@@ -3,14 +3,14 @@ DINOv2 patch features and per-patch class labels from the instance masks.
 
 What is generated (deterministic for a given :class:`HeadDataConfig`):
 
-- Rooms from :func:`~llava3d_ros.eval.scene.compose_room` (real scanned LIBERO/HOPE/
+- Rooms from :func:`~llava3d_ros.sim.scene.compose_room` (real scanned LIBERO/HOPE/
   Google-scanned/pybullet assets, metric units normalised by the catalog; 1-3 pieces of
   furniture, 4-9 objects, textured or plain floors and walls, varied lights). *Training*
   rooms and *held-out* rooms come from disjoint seed ranges, so the held-out rooms are
   compositions (object sets, arrangements, furniture, surfaces, lights) never seen in
   training.
 - Per room: frames along a walk-through loop (camera height band drawn per room) and
-  close-ups / mid-range views of every object (:func:`~llava3d_ros.eval.scene.object_views`).
+  close-ups / mid-range views of every object (:func:`~llava3d_ros.sim.scene.object_views`).
 - Viewpoint hold-out: in training rooms, every frame whose camera azimuth (around the room
   centre for walk-through frames, around the looked-at object for close-ups) falls into
   ``heldout_sector_deg`` goes to the ``val_view`` split, never into training. Frames of
@@ -46,6 +46,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+
+from llava3d_ros.core.encoders import create_encoders
+from llava3d_ros.core.encoders.onnx_dinov2 import default_cache_dir, default_model_path
+from llava3d_ros.sim.assets import catalog, describe_catalog, get_asset
+from llava3d_ros.sim.scene import (
+    SceneSpec,
+    build_pyrender_scene,
+    compose_room,
+    object_boxes,
+    object_views,
+    walkthrough_poses,
+)
 
 __all__ = [
     "BACKGROUND_CLASSES",
@@ -171,7 +184,6 @@ def head_vocabulary() -> HeadVocabulary:
     assets carry (category names first, then colour/material forms), plus floor / wall /
     ceiling. Raises if a paraphrase coincides with a training name (it would not measure
     robustness) or a category has none."""
-    from llava3d_ros.eval.assets import catalog
 
     names: dict[str, list[str]] = {}
     roles: dict[str, str] = {}
@@ -255,7 +267,6 @@ class HeadDataConfig:
 
 def default_data_cache() -> Path:
     """``<llava3d_ros cache>/headdata`` (``$LLAVA3D_ROS_CACHE`` or ~/.cache/llava3d_ros)."""
-    from llava3d_ros.core.encoders.onnx_dinov2 import default_cache_dir
 
     return default_cache_dir() / "headdata"
 
@@ -273,7 +284,6 @@ _ROOM_COUNT_FIELDS = ("train_rooms", "heldout_rooms")
 def catalog_fingerprint() -> str:
     """Hash of the asset catalog as rendered (ids, categories, sizes, scale sources): a
     re-scaled or re-categorised asset invalidates cached rooms."""
-    from llava3d_ros.eval.assets import describe_catalog
 
     return hashlib.sha256(describe_catalog().encode()).hexdigest()[:16]
 
@@ -378,7 +388,6 @@ class ViewPlan:
 
 def plan_views(spec: Any, cfg: HeadDataConfig, seed: int) -> ViewPlan:
     """Walk-through frames + a close-up and a mid-range view of every object."""
-    from llava3d_ros.eval.scene import object_boxes, object_views, walkthrough_poses
 
     rng = np.random.default_rng([seed, 7])
     plan = ViewPlan()
@@ -440,15 +449,14 @@ def render_room_views(
     spec: Any, renderer: Any, cfg: HeadDataConfig, vocab: HeadVocabulary, seed: int
 ) -> RoomViews:
     """Render ``plan_views`` of one room: rgb, metric depth and the per-pixel class map."""
-    from llava3d_ros.eval.assets import get_asset
-    from llava3d_ros.eval.scene import build_pyrender_scene
 
     plan = plan_views(spec, cfg, seed)
     scene = build_pyrender_scene(spec, renderer)
     instance_class = {
         p.instance_id: vocab.index(get_asset(p.asset_id).category) for p in spec.placements()
     }
-    bg = tuple(vocab.index(c) for c in BACKGROUND_CLASSES)
+    floor_c, wall_c, ceiling_c = (vocab.index(c) for c in BACKGROUND_CLASSES)
+    bg = (floor_c, wall_c, ceiling_c)
     out = RoomViews(spec, [], [], [], plan)
     for pose in plan.poses:
         frame = renderer.render(scene, pose)
@@ -462,7 +470,7 @@ def render_room_views(
                 pose,
                 instance_class,
                 bg,
-                spec.room_size[2],  # type: ignore[arg-type]
+                spec.room_size[2],
             )
         )
     return out
@@ -487,11 +495,7 @@ def generate(
 ) -> Path:
     """Render, label and encode every room of ``cfg`` (rooms already cached are skipped).
     Returns the cache directory of this config (``<cache_dir>/<key>``)."""
-    from llava3d_ros.core.encoders import create_encoders
-    from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
-    from llava3d_ros.eval.render import RGBDRenderer
-    from llava3d_ros.eval.scene import compose_room
-    from llava3d_ros.eval.train_head import _Progress
+    from llava3d_ros.sim.render import RGBDRenderer
 
     _check_seeds_disjoint(cfg)
     vocab = head_vocabulary()
@@ -515,7 +519,7 @@ def generate(
         encoder = create_encoders({"backend": "dinov2_onnx", "input_size": cfg.input_size}).image
     geometry = encoder.geometry
     renderer = RGBDRenderer(cfg.width, cfg.height)
-    bar = _Progress(len(todo), "rendering rooms", "room", progress)
+    bar = tqdm(total=len(todo), desc="rendering rooms", unit="room", disable=not progress)
     t_render = t_encode = 0.0
     n_frames = 0
     try:
@@ -562,7 +566,8 @@ def generate(
             t_render += t1 - t0
             t_encode += t2 - t1
             n_frames += len(images)
-            bar.update(1, f"{n_frames} frames")
+            bar.set_postfix_str(f"{n_frames} frames")
+            bar.update(1)
     finally:
         bar.close()
         renderer.close()
@@ -667,7 +672,6 @@ def load_dataset(root: Path, cfg: HeadDataConfig | None = None) -> HeadDataset:
 
 def room_spec(z: Mapping[str, np.ndarray]) -> Any:
     """The SceneSpec stored with a cached room."""
-    from llava3d_ros.eval.scene import SceneSpec
 
     return SceneSpec.from_dict(json.loads(bytes(z["spec"]).decode()))
 

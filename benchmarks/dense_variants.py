@@ -1,9 +1,10 @@
 """Which dense-CLIP variant grounds best? Patch classification accuracy on labelled images.
 
 Needs a real CLIP checkpoint (none is available offline in this project's CI, so the
-choice of default in :mod:`.hf_clip` rests on the literature until this is run)::
+choice of default in ``llava3d_ros.core.encoders.hf_clip`` rests on the literature until
+this is run)::
 
-    python -m llava3d_ros.core.encoders.dense_eval --model /path/to/clip-vit-large-patch14-336 \\
+    .venv/bin/python benchmarks/dense_variants.py --model /path/to/clip-vit-large-patch14-336 \\
         --data /path/to/labelled_images
 
 ``--data`` holds ``classes.txt`` (one class name per line; line i is label i) and image
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import GROUND, EncoderError, PatchGeometry
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from llava3d_ros.core.encoders.base import GROUND, EncoderError, PatchGeometry
 
 
 def patch_labels(
@@ -60,8 +63,8 @@ def measure_dense_variants(
     ``model`` is a CLIP checkpoint (directory or cached repo id); ``samples`` yields
     (RGB uint8 image, int label map of the same size); ``options`` are extra hf_clip
     backend options (device, dtype, templates, input_size, ...)."""
-    from .hf_clip import DENSE_MODES
-    from .registry import create_encoders
+    from llava3d_ros.core.encoders.hf_clip import DENSE_MODES
+    from llava3d_ros.core.encoders.registry import create_encoders
 
     modes = list(DENSE_MODES if modes is None else modes)
     if len(class_names) < 2:
