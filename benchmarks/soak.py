@@ -11,9 +11,10 @@
     the environment leaves unset are filled in as ``llava3d-ros eval`` does (localhost
     Fast DDS profile with its 32 MiB shared-memory segment, a claimed ROS_DOMAIN_ID).
 (3) A publisher thread replays the bag's frames in a loop at ``--rate``: each frame's
-    images, camera info and transforms are stamped with the wall-clock time at which
-    they are sent, so stamps continue across loops (no time jump, no /clock) and stay
-    near the node clock. /tf_static is published once (transient local).
+    images, camera info and transforms are stamped on the wall-clock schedule
+    (start + k / rate, as a camera stamps at capture), so stamps continue across loops
+    (no time jump, no /clock) and stay near the node clock. /tf_static is published once
+    (transient local).
 (4) Every ``--report-s`` seconds one line: frames published, frames the node received,
     keyframes integrated (and per second), drops by reason in that interval, voxels,
     TSDF blocks, objects, and the node's RSS (VmRSS of /proc/<pid>/status; RssAnon in
@@ -139,11 +140,15 @@ class Publisher:
         self._thread.join(timeout=5.0)
 
     def _run(self) -> None:
-        t0 = time.monotonic()
+        t0, start_ns = time.monotonic(), time.time_ns()
         k = 0
         while not self._stop.is_set():
             f = self.frames[k % len(self.frames)]
-            stamp = _stamp(time.time_ns())
+            # Stamped on the nominal schedule, as a camera stamps at capture: when this
+            # thread falls behind and catches up in a burst, frames stay 1/rate apart
+            # (stamped at send time they came ~1 ms apart, and a colour image could pair
+            # with the next frame's depth within the synchroniser's 20 ms slop).
+            stamp = _stamp(start_ns + round(k * self.period * 1e9))
             for t in f.tf.transforms:
                 t.header.stamp = stamp
             for msg in (f.info, f.depth, f.color):
@@ -273,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rclpy.signals import SignalHandlerOptions
 
     static, frames = load_frames(bag_dir)
     node_env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -290,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     context = Context()
-    rclpy.init(context=context)
+    # Python's own SIGINT handling: Ctrl-C ends the soak (and stops the node) at once;
+    # rclpy's handler would only shut the context down and the loop would run on.
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = Node("llava3d_soak", context=context)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)

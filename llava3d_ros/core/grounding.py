@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.options import option
 from llava3d_ros.core.spatial import Box3D
 
@@ -54,7 +55,6 @@ __all__ = [
     "GroundingConfig",
     "GroundingResult",
     "connected_voxel_components",
-    "voxel_keys",
 ]
 
 # LERF's canonical phrases plus the large surfaces every indoor map is full of.
@@ -74,8 +74,6 @@ EMPTY_MEMORY = "empty_memory"
 NO_VALID_VOXELS = "no_valid_voxels"
 BELOW_MIN_SCORE = "below_min_score"
 NO_CLUSTER = "no_cluster"
-
-_BITS = 21  # per-axis bits of an int64 voxel key (2M voxels per axis: 100 km at 5 cm)
 
 
 @dataclass
@@ -181,22 +179,6 @@ class GroundingResult:
 # --------------------------------------------------------------------------- voxel graph
 
 
-def voxel_keys(coords: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Pack integer voxel coords (N, 3) into int64 keys; returns (keys, per-axis strides).
-
-    Coords are shifted to start at 4 with 4 spare cells at the top, so every neighbour
-    within radius 1..3 still packs without wrapping: ``key + (dx*sx + dy*sy + dz*sz)`` is
-    the neighbour's key."""
-    c = np.asarray(coords, dtype=np.int64)
-    lo = c.min(axis=0) - 4
-    c = c - lo
-    ext = c.max(axis=0) + 4
-    if np.any(ext >= (1 << _BITS)):
-        raise ValueError("selected voxels span more than 2^21 voxels along an axis")
-    strides = np.array([ext[1] * ext[2], ext[2], 1], dtype=np.int64)
-    return c @ strides, strides
-
-
 def _half_offsets(radius: int) -> NDArray[np.int64]:
     """Neighbour offsets within a Chebyshev radius, one of each +- pair (undirected)."""
     r = np.arange(-radius, radius + 1)
@@ -218,14 +200,16 @@ def connected_voxel_components(
     n = len(coords)
     if n == 0:
         return 0, np.zeros(0, dtype=np.int64)
-    keys, strides = voxel_keys(coords)
-    uniq, inv = np.unique(keys, return_inverse=True)
+    c = np.asarray(coords, dtype=np.int64)
+    if not vk.in_range(c, margin=radius).all():
+        raise ValueError("voxel coordinates beyond the packable range (core/voxel_keys.py)")
+    uniq, inv = np.unique(vk.pack(c), return_inverse=True)
     u = len(uniq)
     rows: list[NDArray[np.int64]] = []
     cols: list[NDArray[np.int64]] = []
     idx = np.arange(u, dtype=np.int64)
     for off in _half_offsets(radius):
-        nk = uniq + int(off @ strides)
+        nk = uniq + vk.key_delta(off)
         pos = np.searchsorted(uniq, nk)
         pos_c = np.minimum(pos, u - 1)
         hit = uniq[pos_c] == nk

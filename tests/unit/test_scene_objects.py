@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.objects.segmentation import (
     ROLE_FURNITURE,
     ROLE_OBJECT,
@@ -17,7 +18,6 @@ from llava3d_ros.core.objects.segmentation import (
     Segmentation,
     SegmentationConfig,
     min_area_rectangle,
-    pack_voxel_keys,
     segment_surface,
     voxel_keys,
 )
@@ -314,7 +314,7 @@ def _seg(*key_sets: np.ndarray, stamp: float = 0.0) -> Segmentation:
 def _keys(x0: int, x1: int) -> np.ndarray:
     """Voxel keys of a 1-voxel-thick slab x in [x0, x1), y, z in [0, 5)."""
     g = np.stack(np.meshgrid(np.arange(x0, x1), np.arange(5), np.arange(5), indexing="ij"), -1)
-    return pack_voxel_keys(g.reshape(-1, 3))
+    return vk.pack(g.reshape(-1, 3))
 
 
 def test_ids_are_stable_as_views_accumulate() -> None:

@@ -82,6 +82,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import ConvexHull, QhullError
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.objects.tsdf import SurfacePoints, validate_config
 from llava3d_ros.core.options import option
 from llava3d_ros.core.spatial import Box3D
@@ -98,7 +99,6 @@ __all__ = [
     "Segmentation",
     "SegmentationConfig",
     "min_area_rectangle",
-    "pack_voxel_keys",
     "segment_surface",
     "voxel_keys",
 ]
@@ -112,10 +112,6 @@ STRUCT_FLOOR = 1
 STRUCT_WALL = 2
 STRUCT_CEILING = 3
 STRUCT_NOISE = 4
-
-_BITS = 21
-_OFF = 1 << (_BITS - 1)
-_MASK = (1 << _BITS) - 1
 
 # The 13 "forward" offsets of the 26-neighbourhood (each undirected edge once).
 _FWD = np.array(
@@ -258,7 +254,7 @@ class Instance:
     id: int
     role: str  # ROLE_OBJECT or ROLE_FURNITURE
     indices: NDArray[np.int64]  # into the segmented SurfacePoints
-    voxel_keys: NDArray[np.int64]  # sorted packed voxel keys (pack_voxel_keys)
+    voxel_keys: NDArray[np.int64]  # sorted voxel keys (core/voxel_keys.py)
     support: int | None  # id of the instance it rests on; None = the floor (or nothing)
     support_height: float  # z of the surface it rests on (the floor for support None)
     aabb_min: NDArray[np.float64]
@@ -308,21 +304,16 @@ class Segmentation:
 # ----------------------------------------------------------------------------- helpers
 
 
-def pack_voxel_keys(ijk: NDArray[np.integer]) -> NDArray[np.int64]:
-    """Integer voxel coordinates (N, 3) -> int64 keys (21 bits per axis)."""
-    c = np.asarray(ijk, dtype=np.int64) + _OFF
-    return (c[:, 0] << (2 * _BITS)) | (c[:, 1] << _BITS) | c[:, 2]
-
-
 def voxel_keys(points: NDArray[np.floating], voxel_size: float) -> NDArray[np.int64]:
     """Keys of the voxels of points (N, 3), as :attr:`Instance.voxel_keys` holds them:
     cells centred on multiples of the voxel size (nearest lattice point)."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    return pack_voxel_keys(np.floor(p / voxel_size + 0.5).astype(np.int64))
+    return vk.pack(np.floor(p / voxel_size + 0.5).astype(np.int64))
 
 
-def _pack2(ij: NDArray[np.int64]) -> NDArray[np.int64]:
-    return ((ij[:, 0] + _OFF) << _BITS) | (ij[:, 1] + _OFF)
+def _cell_keys(ij: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Keys of floor cells (i, j): the voxel key of (i, j, 0)."""
+    return vk.pack(np.column_stack([ij, np.zeros(len(ij), np.int64)]))
 
 
 def _lookup(sorted_keys: NDArray[np.int64], queries: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -460,14 +451,7 @@ class _Grid:
         self.normal = nv / np.maximum(nlen, 1e-9)
         # A voxel holding both sides of a thin sheet averages its normals away.
         self.normal_ok = nlen[:, 0] > 0.5 * cnt
-        self.ijk = np.stack(
-            [
-                ((self.keys >> (2 * _BITS)) & _MASK) - _OFF,
-                ((self.keys >> _BITS) & _MASK) - _OFF,
-                (self.keys & _MASK) - _OFF,
-            ],
-            1,
-        )
+        self.ijk = vk.unpack(self.keys)
         self.vs = vs
 
     def edges(self, subset: NDArray[np.bool_]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -477,7 +461,7 @@ class _Grid:
         ijk = self.ijk[idx]
         a_all, b_all = [], []
         for off in _FWD:
-            q = pack_voxel_keys(ijk + off)
+            q = vk.pack(ijk + off)
             j = _lookup(keys, q)
             hit = j >= 0
             a_all.append(idx[hit])
@@ -810,7 +794,7 @@ class _Segmenter:
         min_cells = cfg.support_min_area / cfg.voxel_size**2
         for cid in ids[counts >= min_cells * 0.8]:
             members = np.flatnonzero(lab == cid)
-            cells = np.unique(_pack2(g.ijk[members, :2]))
+            cells = np.unique(_cell_keys(g.ijk[members, :2]))
             if cells.size < min_cells:
                 continue
             hm = h[members]
@@ -841,7 +825,7 @@ class _Segmenter:
         grow = np.ones((5, 5), dtype=bool)
         for pid, p in enumerate(patches):
             cells = p["cells"]
-            ij = np.stack([((cells >> _BITS) & _MASK) - _OFF, (cells & _MASK) - _OFF], 1)
+            ij = vk.unpack(cells)[:, :2]
             # Footprint raster, convex hull filled: what stands on a top hides the top
             # under it, and a hole reaching the edge would spare the rim next to it.
             lo = ij.min(axis=0) - 2
@@ -1139,7 +1123,7 @@ class _Segmenter:
         vs = fv[small[inv]]
         ci = inv[small[inv]]
         # Column key: (component, i, j); its top = the highest voxel in it.
-        col = (ci << (2 * _BITS)) | ((g.ijk[vs, 0] + _OFF) << _BITS) | (g.ijk[vs, 1] + _OFF)
+        col = vk.pack(np.column_stack([ci, g.ijk[vs, 0], g.ijk[vs, 1]]))
         ucol, cinv = np.unique(col, return_inverse=True)
         top = _Groups(cinv, ucol.size).max(h[vs])
         colv = np.full(g.n, -1, dtype=np.int64)

@@ -63,6 +63,7 @@ import open3d as o3d
 import open3d.core as o3c
 from numpy.typing import NDArray
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.geometry import CameraIntrinsics, invert_transform
 from llava3d_ros.core.options import check_options, option
 
@@ -80,11 +81,8 @@ __all__ = [
 SNAPSHOT_FORMAT = "llava3d_ros.tsdf_map"
 SNAPSHOT_VERSION = 1
 
-# Block coordinates are packed into one int64 (21 bits per axis after an offset), which
-# spans +-2^20 blocks per axis (+-168 km with 16 cm blocks).
-_COORD_BITS = 21
-_COORD_OFFSET = 1 << (_COORD_BITS - 1)
-_COORD_MASK = (1 << _COORD_BITS) - 1
+# Block coordinates are indexed by their voxel key (core/voxel_keys.py): +-2^20 blocks
+# per axis, +-168 km with 16 cm blocks.
 _DEVICE_RE = re.compile(r"^(auto|CPU:0|CUDA:\d+)$")
 _UINT16_MAX = 65535
 
@@ -243,19 +241,6 @@ class IntegrationStats:
         return self.evicted_capacity + self.evicted_radius + self.evicted_age
 
 
-def _pack(coords: NDArray[np.integer]) -> NDArray[np.int64]:
-    c = coords.astype(np.int64) + _COORD_OFFSET
-    return (c[:, 0] << (2 * _COORD_BITS)) | (c[:, 1] << _COORD_BITS) | c[:, 2]
-
-
-def _unpack(keys: NDArray[np.int64]) -> NDArray[np.int32]:
-    out = np.empty((keys.shape[0], 3), dtype=np.int64)
-    out[:, 0] = (keys >> (2 * _COORD_BITS)) & _COORD_MASK
-    out[:, 1] = (keys >> _COORD_BITS) & _COORD_MASK
-    out[:, 2] = keys & _COORD_MASK
-    return (out - _COORD_OFFSET).astype(np.int32)
-
-
 class TsdfMap:
     """A bounded TSDF map in the map frame. Thread-safe (one lock).
 
@@ -330,13 +315,13 @@ class TsdfMap:
         with self._lock:
             if self._keys.size == 0:
                 return None
-            c = _unpack(self._keys).astype(np.float64) * self.config.block_size
+            c = vk.unpack(self._keys).astype(np.float64) * self.config.block_size
             return c.min(axis=0), c.max(axis=0) + self.config.block_size
 
     def block_stamps(self) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
         """(block coordinates (M, 3), last update stamps (M,)), for tools and tests."""
         with self._lock:
-            return _unpack(self._keys), self._stamps.copy()
+            return vk.unpack(self._keys).astype(np.int32), self._stamps.copy()
 
     # -- integration ------------------------------------------------------------------
     def integrate(
@@ -392,7 +377,7 @@ class TsdfMap:
                 coords = self._grid.compute_unique_block_coordinates(
                     dimg, k, ext, 1000.0, cfg.max_depth_m, trunc_mult
                 )
-                keys = np.unique(_pack(coords.cpu().numpy()))
+                keys = np.unique(vk.pack(coords.cpu().numpy()))
                 touched = int(keys.size)
                 pos = np.searchsorted(self._keys, keys)
                 found = pos < self._keys.size
@@ -441,7 +426,7 @@ class TsdfMap:
         over = self._wbound > self.config.max_weight + self.weight_slack
         if not over.any():
             return
-        coords = o3c.Tensor(_unpack(self._keys[over]), o3c.int32, self._dev)
+        coords = o3c.Tensor(vk.unpack(self._keys[over]), o3c.int32, self._dev)
         buf, mask = self._grid.hashmap().find(coords)
         idx = buf[mask].to(o3c.int64)
         n = int(idx.shape[0])
@@ -479,7 +464,7 @@ class TsdfMap:
         n = int(drop.sum())
         if n == 0:
             return 0
-        coords = o3c.Tensor(_unpack(self._keys[drop]), o3c.int32, self._dev)
+        coords = o3c.Tensor(vk.unpack(self._keys[drop]), o3c.int32, self._dev)
         hm = self._grid.hashmap()
         buf, mask = hm.find(coords)
         idx = buf[mask].to(o3c.int64)
@@ -516,7 +501,7 @@ class TsdfMap:
         if self.config.max_radius_m <= 0 or self._keys.size == 0:
             return 0
         bs = self.config.block_size
-        centres = (_unpack(self._keys).astype(np.float64) + 0.5) * bs
+        centres = (vk.unpack(self._keys).astype(np.float64) + 0.5) * bs
         far = np.linalg.norm(centres - robot, axis=1) > self.config.max_radius_m
         return self._erase(far)
 
@@ -553,7 +538,7 @@ class TsdfMap:
         r = cfg.block_resolution
         with self._lock:
             m = int(self._keys.size)
-            coords = _unpack(self._keys)
+            coords = vk.unpack(self._keys).astype(np.int32)
             if m:
                 buf, mask = self._grid.hashmap().find(o3c.Tensor(coords, o3c.int32, self._dev))
                 if not bool(mask.cpu().numpy().all()):  # pragma: no cover - bookkeeping bug
@@ -651,9 +636,9 @@ class TsdfMap:
         # A snapshot from a config with a higher cap is clipped to this one's, not refused.
         arrays["weight"] = np.minimum(arrays["weight"], np.uint16(cfg.max_weight))
         coords = arrays["block_coords"]
-        if coords.size and np.abs(coords).max() >= _COORD_OFFSET:
+        if coords.size and not vk.in_range(coords).all():
             raise ValueError("TSDF block coordinates out of range")
-        keys = _pack(coords)
+        keys = vk.pack(coords)
         order = np.argsort(keys, kind="stable")
         if np.any(np.diff(keys[order]) == 0):
             raise ValueError("TSDF snapshot holds duplicate blocks")

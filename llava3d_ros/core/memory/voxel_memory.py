@@ -7,9 +7,9 @@ then least observed, go first), a radius around the robot and an age relative to
 newest frame; evictions are counted by reason.
 
 Cost of :meth:`VoxelPatchMemory.integrate` follows the N points of the frame, not the
-memory size: voxel lookup is a vectorised open-addressing hash table held in torch
-tensors on the memory's device (int64 keys packed from the voxel coordinate, linear
-probing done for all queries at once, one probe per round). Bound checks scan the
+memory size: voxels are looked up by their voxel key (``core/voxel_keys.py``) in a
+vectorised open-addressing hash table on the memory's device (:mod:`.hash_table`). Bound
+checks scan the
 memory only when they can fire (a lower bound on the oldest stamp and an upper bound on
 the distance to the robot are kept up to date from the new points alone), and every
 eviction frees a small headroom so the scans and sorts run once per many frames.
@@ -18,13 +18,13 @@ Rows returned by the read accessors are in storage-slot order: consistent betwee
 accessors while the memory is not modified, *not* stable across ``integrate``/``evict``
 (slots are reused). Use ``coords`` as a voxel's identity.
 
-Snapshots are safetensors files with a JSON header in the metadata (no pickle); see
-:meth:`VoxelPatchMemory.save`. Torch and numpy only; no ROS imports.
+Snapshots: :meth:`VoxelPatchMemory.save` / :meth:`~VoxelPatchMemory.from_snapshot` in the
+checked file format of :mod:`.snapshot_format`; scene tokens for the language model:
+:meth:`VoxelPatchMemory.pool` with :mod:`.pooling`. Torch and numpy only; no ROS imports.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,9 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
-SNAPSHOT_FORMAT = "llava3d_ros.voxel_patch_memory"
-SNAPSHOT_VERSION = 1
-_META_KEY = "llava3d_ros"
+from llava3d_ros.core import voxel_keys as vk
+from llava3d_ros.core.memory.hash_table import VoxelHashTable
+from llava3d_ros.core.memory.pooling import pool_cells
+from llava3d_ros.core.memory.snapshot_format import (
+    META_KEY,
+    SNAPSHOT_FORMAT,
+    SNAPSHOT_VERSION,
+    SnapshotError,
+    checksum,
+    read_snapshot,
+)
 
 # Eviction reasons, in the order they are reported.
 EVICT_MAX_VOXELS = "max_voxels"
@@ -48,24 +56,12 @@ EVICT_RADIUS = "radius"
 EVICT_AGE = "age"
 EVICT_REASONS = (EVICT_MAX_VOXELS, EVICT_RADIUS, EVICT_AGE)
 
-# Voxel coordinates are packed into one int64 key: 21 bits per axis after an offset,
-# so the map spans +-2^20 voxels per axis (+-52 km at 5 cm); points beyond are rejected.
-_COORD_BITS = 21
-_COORD_OFFSET = 1 << (_COORD_BITS - 1)
-_COORD_MASK = (1 << _COORD_BITS) - 1
-_COORD_MIN = -_COORD_OFFSET
-_COORD_MAX = _COORD_OFFSET - 1
+# Voxels are indexed by their voxel key (core/voxel_keys.py): the map spans +-2^20 voxels
+# per axis (+-52 km at 5 cm); points beyond are rejected.
 
-_EMPTY = -1  # hash table slot never used (a probe sequence ends here)
-_TOMB = -2  # hash table slot freed by eviction (probes continue past it; inserts reuse it)
-_MAX_LOAD = 0.625  # rebuild the table when live + tombstones exceed this fraction
 _POOL_CHUNK = 16384  # rows per chunk when pooling, bounds the temporary memory
 
 ArrayLike = torch.Tensor | np.ndarray
-
-
-class SnapshotError(RuntimeError):
-    """A memory snapshot could not be written or read (missing, corrupt, wrong format...)."""
 
 
 @dataclass(frozen=True)
@@ -136,89 +132,6 @@ class MemoryView:
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _pack(shifted: torch.Tensor) -> torch.Tensor:
-    """(K, 3) int64 coordinates already offset to [0, 2^21) -> (K,) int64 keys (>= 0)."""
-    return (shifted[:, 0] << (2 * _COORD_BITS)) | (shifted[:, 1] << _COORD_BITS) | shifted[:, 2]
-
-
-def _unpack(keys: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_pack`, returning signed voxel coordinates (K, 3) int64."""
-    x = keys >> (2 * _COORD_BITS)
-    y = (keys >> _COORD_BITS) & _COORD_MASK
-    z = keys & _COORD_MASK
-    return torch.stack([x, y, z], dim=1) - _COORD_OFFSET
-
-
-def _farthest_point_order(points: np.ndarray, k: int) -> np.ndarray:
-    """Indices of k rows chosen by farthest-point sampling, seeded at row 0.
-
-    numpy on the CPU: the loop is k small vector ops, where numpy's per-call overhead is
-    ~5x below torch's, and the result is the same whatever device the memory is on.
-    argmax takes the first maximum, so ties resolve the same way every time."""
-    p = np.asarray(points, dtype=np.float32)
-    x, y, z = (np.ascontiguousarray(p[:, i]) for i in range(3))
-    chosen = np.empty(k, dtype=np.int64)
-    chosen[0] = 0
-    min_d2 = (x - x[0]) ** 2 + (y - y[0]) ** 2 + (z - z[0]) ** 2
-    t1, t2 = np.empty_like(x), np.empty_like(x)
-    for i in range(1, k):
-        j = int(min_d2.argmax())
-        chosen[i] = j
-        np.subtract(x, x[j], out=t1)
-        np.multiply(t1, t1, out=t1)
-        np.subtract(y, y[j], out=t2)
-        np.multiply(t2, t2, out=t2)
-        np.add(t1, t2, out=t1)
-        np.subtract(z, z[j], out=t2)
-        np.multiply(t2, t2, out=t2)
-        np.add(t1, t2, out=t1)
-        np.minimum(min_d2, t1, out=min_d2)
-    return chosen
-
-
-def _grid_groups(pos: np.ndarray, size: float) -> np.ndarray:
-    """Group id (0..G-1, in key order) of each position on a grid of the given cell size."""
-    cell = np.floor(pos / size).astype(np.int64) + _COORD_OFFSET
-    keys = (cell[:, 0] << (2 * _COORD_BITS)) | (cell[:, 1] << _COORD_BITS) | cell[:, 2]
-    return np.unique(keys, return_inverse=True)[1].reshape(-1)
-
-
-def _spatially_fair_subset(
-    pos: np.ndarray, weight: np.ndarray, cell_size: float, k: int
-) -> np.ndarray:
-    """Sorted indices of k of the rows (cells sorted by key), spread evenly in space.
-
-    Farthest-point sampling seeded at row 0 (the smallest cell key). FPS costs O(T k), so
-    for T much larger than k the candidates are first thinned to the heaviest cell of
-    each cell of a coarser grid that still has >= k occupied cells: coarse cells are
-    smaller than the spacing FPS ends at, so coverage is kept."""
-    t = pos.shape[0]
-    cand = np.arange(t)
-    if t > 4 * k:
-        groups = None
-        size = cell_size
-        while True:
-            size *= 1.5
-            g = _grid_groups(pos, size)
-            n = int(g.max()) + 1
-            if n >= k:
-                groups = g
-            if n < 2 * k:
-                break
-        if groups is not None:
-            # per group: heaviest member, ties -> smallest key (row order)
-            order = np.lexsort((np.arange(t), -weight, groups))
-            sg = groups[order]
-            first = np.ones(t, dtype=bool)
-            first[1:] = sg[1:] != sg[:-1]
-            cand = np.sort(order[first])
-    return np.sort(cand[_farthest_point_order(pos[cand], k)])
 
 
 class VoxelPatchMemory:
@@ -295,10 +208,7 @@ class VoxelPatchMemory:
         self._acc_dtype = torch.float64 if feature_dtype == torch.float64 else torch.float32
         self._lock = threading.RLock()
 
-        self._table_size = max(16, _next_pow2(2 * self.max_voxels))
-        self._table_mask = self._table_size - 1
-        self._tkeys = torch.full((self._table_size,), _EMPTY, dtype=torch.long, device=self.device)
-        self._tslot = torch.zeros(self._table_size, dtype=torch.long, device=self.device)
+        self._table = VoxelHashTable(self.max_voxels, self.device)
 
         self._frames = 0
         self._points_received = 0
@@ -311,11 +221,10 @@ class VoxelPatchMemory:
 
     def _reset_storage(self) -> None:
         self._alloc_storage()
-        self._tkeys.fill_(_EMPTY)
+        self._table.clear()
         self._n_used = 0  # slots ever handed out (high-water mark)
         self._n_free = 0  # freed slots on the stack, reused first
         self._n_live = 0
-        self._n_tomb = 0
         self._newest: float | None = None
         self._age_floor = math.inf  # <= last_seen of every live voxel
         self._anchor: torch.Tensor | None = None  # robot position at the last radius scan
@@ -366,15 +275,14 @@ class VoxelPatchMemory:
         if k == 0:
             return 0
         self._active[slots] = False
-        self._tkeys[self._tpos[slots]] = _TOMB
+        self._table.erase(self._tpos[slots])
         self._free[self._n_free : self._n_free + k] = slots
         self._n_free += k
         self._n_live -= k
-        self._n_tomb += k
         if self._n_live == 0:
             self._age_floor = math.inf
             self._anchor = None
-        if self._n_live + self._n_tomb > _MAX_LOAD * self._table_size:
+        if self._table.needs_rebuild(self._n_live):
             self._rebuild_table()
         return k
 
@@ -383,60 +291,13 @@ class VoxelPatchMemory:
 
     # --------------------------------------------------------------- hash table
 
-    def _hash(self, keys: torch.Tensor) -> torch.Tensor:
-        # Spatial hash (Teschner et al. 2003) over the offset coordinates; products stay
-        # below 2^49, so no int64 overflow. The shift-xor mixes high bits into the mask.
-        x = keys >> (2 * _COORD_BITS)
-        y = (keys >> _COORD_BITS) & _COORD_MASK
-        z = keys & _COORD_MASK
-        h = (x * 73856093) ^ (y * 19349663) ^ (z * 83492791)
-        h = h ^ (h >> 17)
-        return h & self._table_mask
-
-    def _lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        """(K,) unique keys -> (K,) slot index, -1 where absent. One probe per round for all."""
-        slots = torch.full_like(keys, -1)
-        idx = torch.arange(keys.numel(), device=self.device)
-        pos = self._hash(keys)
-        want = keys
-        for _ in range(self._table_size):
-            if idx.numel() == 0:
-                return slots
-            tk = self._tkeys[pos]
-            hit = tk == want
-            if bool(hit.any()):
-                slots[idx[hit]] = self._tslot[pos[hit]]
-            go_on = ~hit & (tk != _EMPTY)
-            idx, pos, want = idx[go_on], (pos[go_on] + 1) & self._table_mask, want[go_on]
-        raise RuntimeError("voxel hash table probe did not terminate (table corrupt)")
-
     def _insert(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
-        """Insert unique keys known to be absent. Concurrent claims of one table position in
-        a round are settled by writing all candidates and keeping whoever reads back."""
-        pos = self._hash(keys)
-        idx = torch.arange(keys.numel(), device=self.device)
-        for _ in range(self._table_size):
-            if idx.numel() == 0:
-                return
-            tk = self._tkeys[pos]
-            free = tk < 0
-            c_idx, c_pos, c_prev = idx[free], pos[free], tk[free]
-            self._tkeys[c_pos] = keys[c_idx]  # duplicates: one write wins
-            won = self._tkeys[c_pos] == keys[c_idx]
-            w_idx, w_pos = c_idx[won], c_pos[won]
-            self._tslot[w_pos] = slots[w_idx]
-            self._tpos[slots[w_idx]] = w_pos
-            self._n_tomb -= int((c_prev[won] == _TOMB).sum())
-            placed = torch.zeros_like(idx, dtype=torch.bool)
-            placed[torch.nonzero(free).squeeze(1)[won]] = True
-            keep = ~placed
-            idx, pos = idx[keep], (pos[keep] + 1) & self._table_mask
-        raise RuntimeError("voxel hash table is full (this is a bug: capacity is 2x max_voxels)")
+        """Index unique keys known to be absent, stored in ``slots``."""
+        self._tpos[slots] = self._table.insert(keys, slots)
 
     def _rebuild_table(self) -> None:
         """Drop tombstones: O(table + live), run after >= 1/8 of the table was evicted."""
-        self._tkeys.fill_(_EMPTY)
-        self._n_tomb = 0
+        self._table.clear()
         live = self._live_slots()
         if live.numel():
             self._insert(self._keys[live], live)
@@ -511,7 +372,7 @@ class VoxelPatchMemory:
 
             finite = torch.isfinite(pts).all(dim=1) & self._finite_rows(feats)
             vox = torch.floor(pts / self.voxel_size)
-            in_range = ((vox >= _COORD_MIN) & (vox <= _COORD_MAX)).all(dim=1) & finite
+            in_range = vk.in_range(vox) & finite
             n_finite = int(finite.sum())
             n_ok = int(in_range.sum())
             self._frames += 1
@@ -549,7 +410,7 @@ class VoxelPatchMemory:
         robot: torch.Tensor | None,
         evicted: dict[str, int],
     ) -> tuple[int, int]:
-        keys = _pack(vox.to(torch.long) + _COORD_OFFSET)
+        keys = vk.pack(vox.to(torch.long))
         uniq, inv, cnt = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
         u = int(uniq.numel())
         single = u == keys.numel()
@@ -562,7 +423,7 @@ class VoxelPatchMemory:
             psum = torch.zeros(u, 3, dtype=torch.float64, device=self.device)
             psum.index_add_(0, inv, pts)
 
-        slots = self._lookup(uniq)
+        slots = self._table.lookup(uniq)
         found = slots >= 0
         n_updated = int(found.sum())
         if n_updated:
@@ -624,7 +485,7 @@ class VoxelPatchMemory:
             nf = nf / ncnt.to(self._acc_dtype)[:, None]
         new_slots = self._alloc_slots(k)
         self._keys[new_slots] = nk
-        self._coords[new_slots] = _unpack(nk)
+        self._coords[new_slots] = vk.unpack(nk)
         self._feat[new_slots] = nf.to(self.feature_dtype)
         self._centroid[new_slots] = nc
         self._count[new_slots] = ncnt
@@ -782,7 +643,7 @@ class VoxelPatchMemory:
 
     def stats(self) -> MemoryStats:
         with self._lock:
-            tensors = (self._tkeys, self._tslot, *self._storage())
+            tensors = (*self._table.tensors(), *self._storage())
             return MemoryStats(
                 num_voxels=self._n_live,
                 max_voxels=self.max_voxels,
@@ -828,30 +689,11 @@ class VoxelPatchMemory:
                     torch.zeros(0, 3, device=self.device),
                     torch.zeros(0, c, device=self.device),
                 )
-            cell = torch.floor(cen / voxel_size)
-            if bool((cell < _COORD_MIN).any() or (cell > _COORD_MAX).any()):
-                raise ValueError(f"pool voxel_size {voxel_size} is too small for this map extent")
-            ckey = _pack(cell.long() + _COORD_OFFSET)
-            uniq, inv = torch.unique(ckey, sorted=True, return_inverse=True)
-            t = int(uniq.numel())
-            wsum = torch.zeros(t, dtype=torch.float64, device=self.device).index_add_(0, inv, w)
-            pos = torch.zeros(t, 3, dtype=torch.float64, device=self.device)
-            pos.index_add_(0, inv, cen * w[:, None])
-            pos /= wsum[:, None]
-            if t > max_tokens:
-                keep = torch.from_numpy(
-                    _spatially_fair_subset(
-                        pos.cpu().numpy(), wsum.cpu().numpy(), voxel_size, max_tokens
-                    )
-                ).to(self.device)
-                remap = torch.full((t,), -1, dtype=torch.long, device=self.device)
-                remap[keep] = torch.arange(keep.numel(), device=self.device)
-                target = remap[inv]
-                member = target >= 0
+            target, pos, wsum = pool_cells(cen, w, voxel_size, max_tokens)
+            member = target >= 0
+            if not bool(member.all()):
                 live, target, w = live[member], target[member], w[member]
-                pos, wsum, t = pos[keep], wsum[keep], int(keep.numel())
-            else:
-                target = inv
+            t = int(pos.shape[0])
             # Only member voxels of kept cells are read, in chunks, to bound temporaries.
             feat = torch.zeros(t, c, dtype=torch.float32, device=self.device)
             wf = w.float()
@@ -918,13 +760,13 @@ class VoxelPatchMemory:
             header["sections"][name] = sec_header
             for key, t in sec_tensors.items():
                 tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
-        header["checksum"] = "sha256:" + _checksum(header, tensors)
+        header["checksum"] = "sha256:" + checksum(header, tensors)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
             os.close(fd)
             try:
-                save_file(tensors, tmp, metadata={_META_KEY: json.dumps(header)})
+                save_file(tensors, tmp, metadata={META_KEY: json.dumps(header)})
                 os.replace(tmp, path)
             finally:
                 if os.path.exists(tmp):
@@ -1036,9 +878,9 @@ class VoxelPatchMemory:
                 raise ValueError(f"{name}: expected {shape} {dt}, got {tuple(t.shape)} {t.dtype}")
         if m and bool((counts < 1).any()):
             raise ValueError("voxel counts must be >= 1")
-        if m and bool(((coords < _COORD_MIN) | (coords > _COORD_MAX)).any()):
+        if m and not bool(vk.in_range(coords).all()):
             raise ValueError("voxel coordinates out of range")
-        keys = _pack(coords + _COORD_OFFSET)
+        keys = vk.pack(coords)
         if m and int(torch.unique(keys).numel()) != m:
             raise ValueError("duplicate voxel coordinates")
 
@@ -1075,103 +917,3 @@ class MemoryLimits:
     max_radius: float | None = None
     max_age_s: float | None = None
     feature_dtype: torch.dtype = torch.float32
-
-
-#: Snapshots larger than this are refused before reading (a hostile or wrong file).
-MAX_SNAPSHOT_BYTES = 8 << 30
-
-
-def read_snapshot(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header, tensors) of a snapshot file, checked: a regular file of sane size, the
-    format and version, the checksum over header and every tensor. Raises SnapshotError
-    with what is wrong."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise SnapshotError(f"snapshot not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_SNAPSHOT_BYTES:
-        raise SnapshotError(f"snapshot {path} is {size} bytes, over the {MAX_SNAPSHOT_BYTES} limit")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for bad files
-        raise SnapshotError(
-            f"snapshot {path} is unreadable (truncated or corrupt file?): {exc}"
-        ) from exc
-    if _META_KEY not in meta:
-        raise SnapshotError(
-            f"{path} is not a llava3d_ros memory snapshot: no '{_META_KEY}' header "
-            f"(expected format {SNAPSHOT_FORMAT!r})"
-        )
-    try:
-        header = json.loads(meta[_META_KEY])
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except ValueError as exc:
-        raise SnapshotError(f"snapshot {path}: header is not valid JSON ({exc})") from exc
-    fmt = header.get("format")
-    if fmt != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"snapshot {path}: wrong format {fmt!r}, expected {SNAPSHOT_FORMAT!r}")
-    version = header.get("version")
-    if version != SNAPSHOT_VERSION:
-        raise SnapshotError(
-            f"snapshot {path}: unsupported version {version!r}, expected {SNAPSHOT_VERSION}"
-        )
-    stored = header.pop("checksum", None)
-    actual = "sha256:" + _checksum(header, tensors)
-    if stored != actual:
-        raise SnapshotError(
-            f"snapshot {path}: checksum mismatch (stored {stored}, computed {actual}); "
-            "the file is corrupt"
-        )
-    return header, tensors
-
-
-def snapshot_section(
-    header: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], name: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """A section saved with ``save(..., sections=...)``, or None when absent."""
-    sections = header.get("sections") or {}
-    if not isinstance(sections, dict) or name not in sections:
-        return None
-    prefix = f"{name}/"
-    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    sec = sections[name]
-    if not isinstance(sec, dict):
-        raise SnapshotError(f"snapshot section {name!r} has no header")
-    return sec, own
-
-
-def _checksum(header: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the canonical JSON header (without the checksum) and every tensor's
-    name, dtype, shape and raw bytes, in name order."""
-    h = hashlib.sha256()
-    h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\n{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-__all__ = [
-    "EVICT_AGE",
-    "EVICT_MAX_VOXELS",
-    "EVICT_RADIUS",
-    "EVICT_REASONS",
-    "SNAPSHOT_FORMAT",
-    "SNAPSHOT_VERSION",
-    "EvictStats",
-    "IntegrateStats",
-    "MemoryLimits",
-    "MemoryStats",
-    "MemoryView",
-    "SnapshotError",
-    "VoxelPatchMemory",
-    "read_snapshot",
-    "snapshot_section",
-]
