@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.seeds import parse_seeds
-from llava3d_ros.eval import render as _render  # noqa: F401  (EGL before OpenGL)
+from llava3d_ros.sim import render as _render  # noqa: F401  (EGL before OpenGL)
 from llava3d_ros.sim.bag import BagConfig, Walkthrough
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llava3d_ros"

@@ -17,7 +17,16 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-__all__ = ["COORD_MAX", "COORD_MIN", "KEY_BITS", "in_range", "key_delta", "pack", "unpack"]
+__all__ = [
+    "COORD_MAX",
+    "COORD_MIN",
+    "KEY_BITS",
+    "centred_keys",
+    "in_range",
+    "key_delta",
+    "pack",
+    "unpack",
+]
 
 KEY_BITS = 21
 _OFFSET = 1 << (KEY_BITS - 1)
@@ -55,3 +64,14 @@ def key_delta(offset: Sequence[int] | np.ndarray) -> int:
     whenever both voxels are in range."""
     dx, dy, dz = (int(v) for v in offset)
     return (dx << (2 * KEY_BITS)) + (dy << KEY_BITS) + dz
+
+
+def centred_keys(points: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Keys of the cells centred on multiples of ``voxel_size`` that points (N, 3) fall in:
+    the object layer's lattice (the patch memory's cells start at multiples instead).
+    floor(x + 0.5), not rint: TSDF surface points lie on the lattice's edges, where rint's
+    ties-to-even would split a cloud sampled at half-voxel offsets into alternate cells.
+    Points beyond the range land in its border cells."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    ijk = np.clip(np.floor(p / voxel_size + 0.5), COORD_MIN, COORD_MAX).astype(np.int64)
+    return pack(ijk)

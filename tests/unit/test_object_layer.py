@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.encoders.base import PatchGeometry, TextEncoder
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.objects.answers import answer_object_question
+from llava3d_ros.core.objects.crops import CropFeature, CropRefiner
 from llava3d_ros.core.objects.features import (
+    KeyframeObservation,
     LabelMap,
     observe_keyframe,
     pool_features,
-    voxel_keys,
 )
 from llava3d_ros.core.objects.grounding import ObjectGroundingConfig, rank_instances
 from llava3d_ros.core.objects.instances import ObjectInstance, ObjectSnapshot
@@ -144,7 +146,7 @@ def test_pooling_uses_covered_patches_weighted_by_coverage() -> None:
     pts = np.stack(np.meshgrid(x, (np.arange(h) - intr.cy) / intr.fy * 2.0), -1).reshape(-1, 2)
     pts = np.column_stack([pts, np.full(len(pts), 2.0)])
     labels = np.where(np.tile(cols, h) < 0.4 * w, 0, -1)
-    label_map = LabelMap(voxel_keys(pts, 0.02), labels)
+    label_map = LabelMap(vk.centred_keys(pts, 0.02), labels)
     pooled = pool_features([obs], label_map, 1, min_coverage=0.3)
     mean, has = pooled.means()
     assert has[0] and pooled.views[0] == 1
@@ -156,9 +158,9 @@ def test_pooling_uses_covered_patches_weighted_by_coverage() -> None:
 
 
 def test_label_map_tolerates_one_voxel_and_prefers_own_label() -> None:
-    keys = voxel_keys(np.array([[0.0, 0.0, 0.0], [0.04, 0.0, 0.0]]), 0.02)
+    keys = vk.centred_keys(np.array([[0.0, 0.0, 0.0], [0.04, 0.0, 0.0]]), 0.02)
     lm = LabelMap(keys, np.array([3, 7]))
-    near = voxel_keys(np.array([[0.02, 0.0, 0.0], [0.0, 0.02, 0.0], [0.5, 0.5, 0.5]]), 0.02)
+    near = vk.centred_keys(np.array([[0.02, 0.0, 0.0], [0.0, 0.02, 0.0], [0.5, 0.5, 0.5]]), 0.02)
     got = lm.lookup(near)
     assert got[0] in (3, 7) and got[1] == 3 and got[2] == -1
     assert lm.lookup(keys).tolist() == [3, 7]
@@ -338,3 +340,24 @@ def test_object_map_segments_labels_and_keeps_ids(ray_scene) -> None:  # type: i
     bad = dict(tensors, features=torch.full_like(tensors["features"], float("nan")))
     with pytest.raises(ValueError, match="malformed"):
         other.prepare_state(header, bad)
+
+
+def test_crop_cache_forgets_views_that_left_the_keyframe_store() -> None:
+    """A long run chooses ever newer views; crops of views no longer in the store can never
+    be chosen again and must not pile up (the cache grew with every keyframe)."""
+    geometry = PatchGeometry(224, 224, 14, 16, 16)
+    refiner = CropRefiner(lambda crops: torch.zeros(len(crops), 16, 16, 8), geometry)
+    for stamp in (1.0, 2.0, 3.0):
+        refiner.cache.setdefault(7, {})[stamp] = CropFeature(np.ones(8, np.float32), 1.0, 10)
+    p = geometry.num_patches
+    obs = KeyframeObservation(
+        stamp=3.0,
+        keys=np.zeros(1, np.int64),
+        patch=np.zeros(1, np.int32),
+        count=np.ones(1, np.int32),
+        pixel=np.zeros((1, 2), np.uint16),
+        patch_valid=np.ones(p, np.int32),
+        features=np.zeros((p, 8), np.float16),
+    )
+    refiner.plan([7], ["object"], [10], [1], [obs], [np.zeros(1, np.int32)])
+    assert sorted(refiner.cache[7]) == [3.0]

@@ -19,7 +19,6 @@ from llava3d_ros.core.objects.segmentation import (
     SegmentationConfig,
     min_area_rectangle,
     segment_surface,
-    voxel_keys,
 )
 from llava3d_ros.core.objects.tracking import InstanceTracker, TrackingConfig
 from llava3d_ros.core.objects.tsdf import SurfacePoints
@@ -175,7 +174,7 @@ def test_two_objects_on_a_table() -> None:
     # An instance's voxel keys are the keys of its points.
     surf = table_scene()
     for inst in seg.instances:
-        keys = np.unique(voxel_keys(surf.points[inst.indices], 0.02))
+        keys = np.unique(vk.centred_keys(surf.points[inst.indices], 0.02))
         assert np.array_equal(keys, inst.voxel_keys)
 
 

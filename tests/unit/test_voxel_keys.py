@@ -45,3 +45,11 @@ def test_range_check_with_margin() -> None:
     assert vk.in_range(c).tolist() == [True, True, True, False]
     assert vk.in_range(c, margin=1).tolist() == [True, False, False, False]
     assert vk.in_range(torch.from_numpy(c)).tolist() == [True, True, True, False]
+
+
+def test_centred_keys_round_half_up_and_clip() -> None:
+    # 0.01 and 0.03 are half-voxel ties at 2 cm: both round up (rint would send 0.01 to 0
+    # and 0.03 to 2, splitting a cloud sampled at half-voxel offsets).
+    pts = np.array([[0.01, 0.0, 0.0], [0.03, 0.0, 0.0], [-0.01, 0.0, 0.0], [1e9, 0.0, 0.0]])
+    ijk = vk.unpack(vk.centred_keys(pts, 0.02))
+    assert ijk[:, 0].tolist() == [1, 2, 0, vk.COORD_MAX]

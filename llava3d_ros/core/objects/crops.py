@@ -121,6 +121,12 @@ class CropRefiner:
                 ratio = max(live[iid], 1) / max(cf.voxels, 1)
                 if ratio > cfg.max_size_change or ratio < 1.0 / cfg.max_size_change:
                     del self.cache[iid][stamp]
+        # Crops of views that left the keyframe store can never be chosen again: without
+        # this the cache grew with every keyframe a long run chose (one entry per view).
+        in_store = {obs.stamp for obs in observations}
+        for per_view in self.cache.values():
+            for stamp in [st for st in per_view if st not in in_store]:
+                del per_view[stamp]
         if k == 0 or not observations:
             self.pending = 0
             return []

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.geometry import CameraIntrinsics
 
@@ -39,21 +40,7 @@ __all__ = [
     "PooledFeatures",
     "observe_keyframe",
     "pool_features",
-    "voxel_keys",
 ]
-
-_BITS = 21
-_OFFSET = 1 << (_BITS - 1)
-_MASK = (1 << _BITS) - 1
-
-
-def voxel_keys(points: NDArray[np.floating], voxel_size: float) -> NDArray[np.int64]:
-    """Points (N, 3) -> int64 keys of their voxels (21 bits per axis: +-21 km at 2 cm),
-    the segmentation's scheme: cells centred on multiples of the voxel size (round, not
-    floor; TSDF surface points lie on the lattice)."""
-    ijk = np.rint(np.asarray(points, dtype=np.float64) / voxel_size).astype(np.int64)
-    ijk = np.clip(ijk + _OFFSET, 0, _MASK)
-    return (ijk[:, 0] << (2 * _BITS)) | (ijk[:, 1] << _BITS) | ijk[:, 2]
 
 
 @dataclass
@@ -113,7 +100,7 @@ def observe_keyframe(
     cam = np.stack([x, y, zz], axis=1).astype(np.float64)
     t = np.asarray(t_map_camera, dtype=np.float64)
     world = cam @ t[:3, :3].T + t[:3, 3]
-    keys = voxel_keys(world, voxel_size)
+    keys = vk.centred_keys(world, voxel_size)
     patches = patch_grid[valid].astype(np.int64)
     uv = np.stack([cols[uu], rows[vv]], axis=1).astype(np.float64)
     n_patches = geometry.num_patches
@@ -204,7 +191,7 @@ class LabelMap:
         if keys.shape != labels.shape:
             raise ValueError("keys and labels must have the same length")
         if dilate and len(keys):
-            steps = (np.int64(1), np.int64(1) << _BITS, np.int64(1) << (2 * _BITS))
+            steps = [vk.key_delta(axis) for axis in np.eye(3, dtype=np.int64)]
             extra = [keys + s for s in steps] + [keys - s for s in steps]
             all_keys = np.concatenate([keys, *extra])
             all_labels = np.tile(labels, 7)

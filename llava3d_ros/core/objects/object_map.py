@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.objects.colour import colour_histogram, colour_name
@@ -33,7 +34,6 @@ from llava3d_ros.core.objects.features import (
     PooledFeatures,
     observe_keyframe,
     pool_features,
-    voxel_keys,
 )
 from llava3d_ros.core.objects.instances import ObjectInstance, ObjectSnapshot
 from llava3d_ros.core.objects.labels import LabelVocabulary, TopLabels
@@ -260,7 +260,7 @@ class ObjectMap:
             for local, row in row_of_local.items():
                 lut[local] = row
             labels = np.where(seg.labels >= 0, lut[np.maximum(seg.labels, 0)], -1)
-            label_map = LabelMap(voxel_keys(surface.points, surface.voxel_size), labels)
+            label_map = LabelMap(vk.centred_keys(surface.points, surface.voxel_size), labels)
             k = len(seg.instances)
             observations = self.store.items()
             sample_labels = [label_map.lookup(o.keys) for o in observations]

@@ -100,7 +100,6 @@ __all__ = [
     "SegmentationConfig",
     "min_area_rectangle",
     "segment_surface",
-    "voxel_keys",
 ]
 
 ROLE_OBJECT = "object"
@@ -254,7 +253,7 @@ class Instance:
     id: int
     role: str  # ROLE_OBJECT or ROLE_FURNITURE
     indices: NDArray[np.int64]  # into the segmented SurfacePoints
-    voxel_keys: NDArray[np.int64]  # sorted voxel keys (core/voxel_keys.py)
+    voxel_keys: NDArray[np.int64]  # sorted keys of its voxels (vk.centred_keys)
     support: int | None  # id of the instance it rests on; None = the floor (or nothing)
     support_height: float  # z of the surface it rests on (the floor for support None)
     aabb_min: NDArray[np.float64]
@@ -302,13 +301,6 @@ class Segmentation:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def voxel_keys(points: NDArray[np.floating], voxel_size: float) -> NDArray[np.int64]:
-    """Keys of the voxels of points (N, 3), as :attr:`Instance.voxel_keys` holds them:
-    cells centred on multiples of the voxel size (nearest lattice point)."""
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    return vk.pack(np.floor(p / voxel_size + 0.5).astype(np.int64))
 
 
 def _cell_keys(ij: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -432,9 +424,8 @@ class _Grid:
         # edges (zero crossings between two voxel centres), so two of their coordinates are
         # exact multiples of the voxel size, where floor() flips between neighbouring cells
         # with float error and leaves whole rows of cells empty (surfaces fell apart in
-        # strips). floor(x + 0.5), not rint: rint rounds ties to even and would split a
-        # cloud sampled at half-voxel offsets the same way.
-        keys = voxel_keys(p, vs)
+        # strips). See vk.centred_keys.
+        keys = vk.centred_keys(p, vs)
         self.keys, self.inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         self.inverse = self.inverse.reshape(-1)
         n = self.keys.size
