@@ -51,8 +51,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from safetensors import safe_open
+from tqdm import tqdm
 
+from llava3d_ros.client import Llava3DClient
+from llava3d_ros.core.objects.object_map import ObjectConfig
 from llava3d_ros.eval import metrics as M
+from llava3d_ros.eval.replay import BagReplayer
+from llava3d_ros.eval.report import write_report
 from llava3d_ros.sim.bag import COLOR_TOPIC, load_scene
 from llava3d_ros.sim.expressions import SceneObject, object_by_id
 
@@ -152,8 +159,6 @@ def load_queries(
         ground = [dict(e) for e in scene.get("expressions", [])]
         ask = [dict(q) for q in scene.get("questions", [])]
     else:
-        import yaml
-
         items = yaml.safe_load(Path(path).read_text()) or []
         if isinstance(items, Mapping):  # also accept {queries: [...], questions: [...]}
             items = [*items.get("queries", []), *items.get("questions", [])]
@@ -246,13 +251,10 @@ def _node_params(cfg: EvalConfig, path: Path) -> dict[str, Any]:
     # The node itself picks up the shipped grounding head (encoder.head_path default).
     doc = {"/**": {"ros__parameters": params}}
     if cfg.params is not None:
-        import yaml
-
         user = yaml.safe_load(Path(cfg.params).read_text()) or {}
         for section in user.values():  # any node key: its ros__parameters win
             extra = (section or {}).get("ros__parameters", {})
             _deep_update(params, extra)
-    import yaml
 
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return params
@@ -294,8 +296,6 @@ def _save_snapshot(monitor: Any, path: Path, cfg: EvalConfig) -> np.ndarray:
             while not future.done() and time.monotonic() < deadline:
                 time.sleep(0.02)
             if future.done() and future.result() is not None and future.result().success:
-                from safetensors import safe_open
-
                 with safe_open(str(path), framework="np") as f:
                     return np.asarray(f.get_tensor("centroids"), dtype=np.float64).reshape(-1, 3)
             _say(cfg, f"save_memory failed: {future.result() if future.done() else 'timeout'}")
@@ -330,7 +330,6 @@ def _cloud_points(msg: Any) -> tuple[np.ndarray, np.ndarray]:
 def _objects_expected(params: Mapping[str, Any]) -> bool:
     """Does the node publish ``~/objects``? ``objects.enabled`` and ``objects_period_s``
     > 0, with the node's defaults where the params leave them unset."""
-    from llava3d_ros.core.objects.object_map import ObjectConfig
     from llava3d_ros.ros.params import OutputSettings
 
     section = params.get("objects")
@@ -536,8 +535,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         f"{scene['bag']['duration_s']:.1f} s; {len(ground_q)} grounding queries, "
         f"{len(ask_q)} questions; ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID')}",
     )
-    from llava3d_ros.client import Llava3DClient
-    from llava3d_ros.eval.replay import BagReplayer
 
     node = _NodeProcess(params_file, out / "node.log", cfg.log_level)
     monitor: _Monitor | None = None
@@ -578,7 +575,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         ticker = None
 
         # Replay with a progress bar over colour frames.
-        from tqdm import tqdm
 
         n_color = replayer.counts.get(COLOR_TOPIC, 0)
         bar = tqdm(
@@ -737,7 +733,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         )
         + "\n"
     )
-    from llava3d_ros.eval.report import write_report
 
     write_report(out, scene, metrics, ground_records, qa_records, cloud_xyz, object_records)
     return EvalResult(metrics, ground_records, qa_records, out, object_records)

@@ -60,6 +60,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
+from rosbags.rosbag2 import Writer
+from rosbags.rosbag2.enums import StoragePlugin
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
+
+from llava3d_ros.core.geometry import quaternion_from_rotation_matrix
+from llava3d_ros.core.spatial import Viewpoint
+from llava3d_ros.sim import expressions as ex
+from llava3d_ros.sim.assets import vocabulary
+from llava3d_ros.sim.scene import compose_room, walkthrough_poses
 
 __all__ = [
     "COLOR_TOPIC",
@@ -214,7 +232,6 @@ class _Messages:
     """rosbags message builders (Jazzy type store; its hashes equal the rclpy ones)."""
 
     def __init__(self) -> None:
-        from rosbags.typesys import Stores, get_typestore
 
         self.store = get_typestore(Stores.ROS2_JAZZY)
         t = self.store.types
@@ -264,7 +281,6 @@ class _Messages:
         )
 
     def transform(self, stamp_ns: int, parent: str, child: str, t: np.ndarray) -> Any:
-        from llava3d_ros.core.geometry import quaternion_from_rotation_matrix
 
         q = quaternion_from_rotation_matrix(t[:3, :3])
         return self.TransformStamped(
@@ -286,14 +302,6 @@ class _Messages:
 
 
 def _qos(transient_local: bool, depth: int) -> Any:
-    from rosbags.interfaces import (
-        Qos,
-        QosDurability,
-        QosHistory,
-        QosLiveliness,
-        QosReliability,
-        QosTime,
-    )
 
     zero = QosTime(0, 0)  # 0 = the RMW default (infinite)
     return Qos(
@@ -313,7 +321,6 @@ def _qos(transient_local: bool, depth: int) -> Any:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
 
     return tqdm(
         total=total,
@@ -346,7 +353,6 @@ class Walkthrough:
     in as frames are rendered; ``document()`` then builds ``scene.json``."""
 
     def __init__(self, config: BagConfig) -> None:
-        from llava3d_ros.sim.scene import compose_room, walkthrough_poses
 
         self.config = config
         self.spec = compose_room(config.seed, n_objects=config.objects)
@@ -389,9 +395,6 @@ class Walkthrough:
 
     def document(self, message_counts: dict[str, int], seconds: float) -> dict[str, Any]:
         """``scene.json``: ground truth, expressions and questions (after ``frames()``)."""
-        from llava3d_ros.core.spatial import Viewpoint
-        from llava3d_ros.sim import expressions as ex
-        from llava3d_ros.sim.assets import vocabulary
 
         cfg, intr, stamps = self.config, self.intrinsics, self.stamps
         if intr is None:
@@ -456,8 +459,6 @@ def make_bag(
 ) -> dict[str, Any]:
     """Render the walk-through and write the bag directory ``out`` (rosbag2 + scene.json).
     Returns the scene document."""
-    from rosbags.rosbag2 import Writer
-    from rosbags.rosbag2.enums import StoragePlugin
 
     out = Path(out)
     if out.exists():
