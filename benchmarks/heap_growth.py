@@ -30,18 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scene_understanding import build_pipeline, load_walkthrough
+from soak import rss_mb
 
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.heap import trim_heap
 from llava3d_ros.sim.bag import BagConfig
-
-
-def rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             first = tracemalloc.take_snapshot()
         traced = tracemalloc.get_traced_memory()[0] / 2**20
         minute = (now - warm_end) / 60.0
-        rows.append((minute, rss_mb(), traced))
+        rows.append((minute, rss_mb(os.getpid())[0], traced))
         stats = pipe.memory.stats()
         objs = pipe.objects.stats()["objects"] if pipe.objects is not None else 0
         print(

@@ -27,7 +27,6 @@ when a bag's /clock pauses.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -120,9 +119,6 @@ class Llava3DNode(LifecycleNode):
         self._teardown()
         self.sensors.destroy()
         super().destroy_node()
-        # Free the models and maps now, not at interpreter exit: open3d checks at exit
-        # that its device memory was released and exits with status 1 when it was not.
-        gc.collect()
 
     # ------------------------------------------------------------------ parameters
 
@@ -390,7 +386,9 @@ class Llava3DNode(LifecycleNode):
         self._stats_pub = self._diag_pub = self._objects_pub = self._object_markers_pub = None
         self.pipeline, self.settings = None, None
         self._configured = False
-        release_freed_memory()  # the old configuration's peak is not kept resident
+        # Free the models and maps now, not at interpreter exit (open3d checks at exit that
+        # its device memory was released), and do not keep the old configuration's peak.
+        release_freed_memory()
 
     # ------------------------------------------------------------------ outputs
 

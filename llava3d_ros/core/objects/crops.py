@@ -111,22 +111,20 @@ class CropRefiner:
         ``labels[v]``: the instance row of each sample of ``observations[v]`` (-1: none)."""
         cfg = self.config
         k = len(ids)
-        # Drop the cache of instances that are gone or changed a lot.
+        # Drop the cache of instances that are gone or changed a lot, and crops of views
+        # that left the keyframe store: those can never be chosen again (without this the
+        # cache grew with every view a long run chose).
         live = dict(zip(ids, voxels, strict=True))
+        in_store = {obs.stamp for obs in observations}
         for iid in list(self.cache):
             if iid not in live:
                 del self.cache[iid]
                 continue
             for stamp, cf in list(self.cache[iid].items()):
                 ratio = max(live[iid], 1) / max(cf.voxels, 1)
-                if ratio > cfg.max_size_change or ratio < 1.0 / cfg.max_size_change:
+                changed = ratio > cfg.max_size_change or ratio < 1.0 / cfg.max_size_change
+                if changed or stamp not in in_store:
                     del self.cache[iid][stamp]
-        # Crops of views that left the keyframe store can never be chosen again: without
-        # this the cache grew with every keyframe a long run chose (one entry per view).
-        in_store = {obs.stamp for obs in observations}
-        for per_view in self.cache.values():
-            for stamp in [st for st in per_view if st not in in_store]:
-                del per_view[stamp]
         if k == 0 or not observations:
             self.pending = 0
             return []
