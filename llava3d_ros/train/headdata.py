@@ -45,11 +45,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.onnx_dinov2 import default_cache_dir, default_model_path
+from llava3d_ros.core.objects.crops import CropConfig, crop_box, crop_input
 from llava3d_ros.sim.assets import catalog, describe_catalog, get_asset
 from llava3d_ros.sim.scene import (
     SceneSpec,
@@ -81,7 +83,7 @@ __all__ = [
     "render_room_views",
 ]
 
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: crops of walk-through frames around each visible object
 
 #: Room surfaces; the same words are among the grounder's default negative prompts, so a
 #: head trained to put room patches here makes "beats every negative" mean "not room".
@@ -94,7 +96,7 @@ DISTRACTOR_PROMPTS: tuple[str, ...] = ("object", "things", "stuff", "texture")
 #: Split ids stored per frame.
 SPLITS: tuple[str, ...] = ("train", "val_view", "val_scene")
 TRAIN, VAL_VIEW, VAL_SCENE = 0, 1, 2
-WALK, CLOSEUP = 0, 1
+WALK, CLOSEUP, CROP = 0, 1, 2
 
 #: Held-out query wordings per category: never used to build training targets (checked by
 #: :func:`head_vocabulary`), used only to measure paraphrase robustness.
@@ -248,6 +250,13 @@ class HeadDataConfig:
     height: int = 480
     input_size: int = 224
     jitter: bool = True  # photometric jitter on training frames
+    # Crops of walk-through frames around every object seen there, made as the object
+    # layer makes them at run time (JPEG keyframe, ``crop_box``, ``crop_input``): small
+    # objects are labelled from such crops, so the head must know how they look.
+    walk_crops: bool = True
+    crop_min_pixels: int = 64  # the object layer's 4 samples at stride 4
+    crop_stride: int = 4  # pixel sampling of the object layer (``objects.sample_stride_px``)
+    crop_jpeg_quality: int = 90  # the keyframe store's JPEG quality
     version: int = DATA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -443,6 +452,7 @@ class RoomViews:
     depth: list[np.ndarray]
     classes: list[np.ndarray]  # (H, W) int16 per frame
     plan: ViewPlan
+    instance: list[np.ndarray] = field(default_factory=list)  # (H, W) instance id per frame
 
 
 def render_room_views(
@@ -462,6 +472,7 @@ def render_room_views(
         frame = renderer.render(scene, pose)
         out.rgb.append(frame.rgb)
         out.depth.append(frame.depth)
+        out.instance.append(frame.instance)
         out.classes.append(
             pixel_classes(
                 frame.instance,
@@ -473,6 +484,62 @@ def render_room_views(
                 spec.room_size[2],
             )
         )
+    return out
+
+
+@dataclass
+class ViewCrop:
+    """An object crop of a walk-through frame, as the encoder sees it."""
+
+    rgb: np.ndarray  # (input_h, input_w, 3) uint8
+    counts: np.ndarray  # (num_patches, num_classes) uint16 class pixels per crop patch
+    frame: int  # index of the frame it was cut from
+    instance_id: int
+
+
+def walk_crops(
+    views: RoomViews,
+    images: Sequence[np.ndarray],
+    cfg: HeadDataConfig,
+    vocab: HeadVocabulary,
+    geometry: Any,
+) -> list[ViewCrop]:
+    """Crops of every object visible in the walk-through frames (``images``: the frames
+    as encoded, jitter included), cut and resized as the object layer's ``CropRefiner``
+    does from a JPEG keyframe."""
+    crop_cfg = CropConfig()
+    step = cfg.crop_stride
+    min_samples = max(1, math.ceil(cfg.crop_min_pixels / step**2))
+    object_ids = sorted(obj.instance_id for obj in views.spec.objects)
+    out: list[ViewCrop] = []
+    for i, (kind, img) in enumerate(zip(views.plan.kinds, images, strict=True)):
+        if kind != WALK:
+            continue
+        ok, buf = cv2.imencode(
+            ".jpg",
+            np.ascontiguousarray(img[..., ::-1]),
+            [cv2.IMWRITE_JPEG_QUALITY, cfg.crop_jpeg_quality],
+        )
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if bgr is None:
+            raise RuntimeError("JPEG round trip of a rendered frame failed")
+        decoded = bgr[..., ::-1]
+        inst, classes = views.instance[i], views.classes[i]
+        h, w = inst.shape
+        sampled = inst[::step, ::step]
+        for iid in object_ids:
+            vv, uu = np.nonzero(sampled == iid)
+            if len(vv) < min_samples:
+                continue
+            pixels = np.stack([uu, vv], axis=1).astype(np.float64) * step
+            box = crop_box(pixels, w, h, step, crop_cfg)
+            if box is None:
+                continue
+            u0, v0, side = box
+            counts = patch_class_counts(
+                classes[v0 : v0 + side, u0 : u0 + side], geometry, vocab.num_classes
+            )
+            out.append(ViewCrop(crop_input(decoded, box, geometry), counts, i, iid))
     return out
 
 
@@ -521,7 +588,7 @@ def generate(
     renderer = RGBDRenderer(cfg.width, cfg.height)
     bar = tqdm(total=len(todo), desc="rendering rooms", unit="room", disable=not progress)
     t_render = t_encode = 0.0
-    n_frames = 0
+    n_frames = n_crops = 0
     try:
         for seed, held_out in todo:
             rng = np.random.default_rng([seed, 11])
@@ -546,19 +613,51 @@ def generate(
                 for i, img in enumerate(views.rgb)
             ]
             feats = encoder.encode(images)["vision"].cpu().numpy().astype(np.float16)
-            t2 = time.perf_counter()
+            feats = feats.reshape(len(images), geometry.num_patches, -1)
             counts = np.stack(
                 [patch_class_counts(c, geometry, vocab.num_classes) for c in views.classes]
             )
+            instance_class = {
+                p.instance_id: vocab.index(get_asset(p.asset_id).category)
+                for p in spec.placements()
+            }
+            kinds = np.asarray(views.plan.kinds, np.uint8)
+            targets = np.asarray(views.plan.targets, np.int32)
+            poses = np.stack(views.plan.poses).astype(np.float32)
+            crops = walk_crops(views, images, cfg, vocab, geometry) if cfg.walk_crops else []
+            if crops:
+                crop_feats = np.concatenate(
+                    [
+                        encoder.encode([c.rgb for c in crops[j : j + 16]])["vision"]
+                        .cpu()
+                        .numpy()
+                        .astype(np.float16)
+                        .reshape(-1, geometry.num_patches, feats.shape[-1])
+                        for j in range(0, len(crops), 16)
+                    ]
+                )
+                frame_of = np.asarray([c.frame for c in crops])
+                feats = np.concatenate([feats, crop_feats])
+                counts = np.concatenate([counts, np.stack([c.counts for c in crops])])
+                split = np.concatenate([split, split[frame_of]])
+                kinds = np.concatenate([kinds, np.full(len(crops), CROP, np.uint8)])
+                targets = np.concatenate(
+                    [targets, np.asarray([c.instance_id for c in crops], np.int32)]
+                )
+                poses = np.concatenate([poses, poses[frame_of]])
+            t2 = time.perf_counter()
             tmp = root / f".scene_{seed}.tmp{os.getpid()}.npz"
             np.savez(
                 tmp,
-                features=feats.reshape(len(images), geometry.num_patches, -1),
+                features=feats,
                 counts=counts,
                 split=split,
-                kind=np.asarray(views.plan.kinds, np.uint8),
-                target=np.asarray(views.plan.targets, np.int32),
-                poses=np.stack(views.plan.poses).astype(np.float32),
+                kind=kinds,
+                target=targets,
+                poses=poses,
+                target_class=np.asarray(
+                    [instance_class.get(int(t), -1) for t in targets], np.int16
+                ),
                 seed=np.int64(seed),
                 spec=np.frombuffer(json.dumps(spec.to_dict()).encode(), np.uint8),
             )
@@ -566,13 +665,15 @@ def generate(
             t_render += t1 - t0
             t_encode += t2 - t1
             n_frames += len(images)
-            bar.set_postfix_str(f"{n_frames} frames")
+            n_crops += len(crops)
+            bar.set_postfix_str(f"{n_frames} frames, {n_crops} crops")
             bar.update(1)
     finally:
         bar.close()
         renderer.close()
     log(
-        f"headdata: {n_frames} frames from {len(todo)} rooms; render {t_render:.0f} s, "
+        f"headdata: {n_frames} frames + {n_crops} crops from {len(todo)} rooms; "
+        f"render {t_render:.0f} s, "
         f"encode {t_encode:.0f} s; cache {root}"
     )
     return root
@@ -593,10 +694,12 @@ class HeadDataset:
     split: np.ndarray  # (N,) uint8
     kind: np.ndarray  # (N,) uint8
     room: np.ndarray  # (N,) int64 room seed
-    frame: np.ndarray  # (N,) int64 global frame index
+    frame: np.ndarray  # (N,) int64 global frame index (crops count as frames)
+    target_class: np.ndarray  # (N,) int16 class of the object a close-up or crop is of; -1
     vocab: HeadVocabulary
     config: HeadDataConfig
-    frames_per_split: dict[str, int]
+    frames_per_split: dict[str, int]  # rendered frames (crops not counted)
+    crops_per_split: dict[str, int]
     rooms_per_split: dict[str, int]
 
     def majority(self) -> tuple[np.ndarray, np.ndarray]:
@@ -639,8 +742,9 @@ def load_dataset(root: Path, cfg: HeadDataConfig | None = None) -> HeadDataset:
     if cfg is None:
         cfg = _config_from_dict(manifest["config"])
     vocab = HeadVocabulary.from_dict(manifest["vocabulary"])
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "c", "s", "k", "r", "i")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "c", "s", "k", "r", "i", "t")}
     frames = {s: 0 for s in SPLITS}
+    crops = {s: 0 for s in SPLITS}
     rooms: dict[str, set[int]] = {s: set() for s in SPLITS}
     frame0 = 0
     for seed, z in iter_rooms(root, cfg):
@@ -652,9 +756,10 @@ def load_dataset(root: Path, cfg: HeadDataConfig | None = None) -> HeadDataset:
         parts["k"].append(np.repeat(z["kind"], n_patches))
         parts["r"].append(np.full(n_frames * n_patches, seed, np.int64))
         parts["i"].append(np.repeat(np.arange(frame0, frame0 + n_frames), n_patches))
+        parts["t"].append(np.repeat(z["target_class"], n_patches))
         frame0 += n_frames
-        for s in z["split"]:
-            frames[SPLITS[int(s)]] += 1
+        for s, k in zip(z["split"], z["kind"], strict=True):
+            (crops if k == CROP else frames)[SPLITS[int(s)]] += 1
             rooms[SPLITS[int(s)]].add(seed)
     return HeadDataset(
         features=np.concatenate(parts["f"]),
@@ -663,9 +768,11 @@ def load_dataset(root: Path, cfg: HeadDataConfig | None = None) -> HeadDataset:
         kind=np.concatenate(parts["k"]),
         room=np.concatenate(parts["r"]),
         frame=np.concatenate(parts["i"]),
+        target_class=np.concatenate(parts["t"]),
         vocab=vocab,
         config=cfg,
         frames_per_split=frames,
+        crops_per_split=crops,
         rooms_per_split={k: len(v) for k, v in rooms.items()},
     )
 
@@ -686,7 +793,11 @@ def _check_seeds_disjoint(cfg: HeadDataConfig) -> None:
 def summarize(ds: HeadDataset) -> dict[str, Any]:
     """Counts for the model card: frames, rooms and labelled patches per split."""
     label, _ = ds.majority()
-    out: dict[str, Any] = {"frames": ds.frames_per_split, "rooms": ds.rooms_per_split}
+    out: dict[str, Any] = {
+        "frames": ds.frames_per_split,
+        "crops": ds.crops_per_split,
+        "rooms": ds.rooms_per_split,
+    }
     out["patches"] = {s: int((ds.split == i).sum()) for i, s in enumerate(SPLITS)}
     obj = np.isin(label, ds.vocab.by_role("object"))
     out["object_patches"] = {s: int(((ds.split == i) & obj).sum()) for i, s in enumerate(SPLITS)}

@@ -382,7 +382,9 @@ def evaluate_patches(
     }
     for split in splits:
         sid = SPLITS.index(split)
-        m = (ds.split == sid) & (label >= 0) & (frac >= min_fraction)
+        # Rendered frames only: crops have their own measure (evaluate_crops), and the
+        # patch figures stay comparable with heads trained without crops.
+        m = (ds.split == sid) & (label >= 0) & (frac >= min_fraction) & (ds.kind != hd.CROP)
         if not m.any():
             continue
         y = torch.from_numpy(label[m])
@@ -473,6 +475,63 @@ def evaluate_patches(
                 (best_obj > (z[bm] @ negs.T).amax(dim=1)).float().mean()
             )
         out[split] = res
+    return out
+
+
+def evaluate_crops(
+    head: AlignmentHead,
+    ds: HeadDataset,
+    targets: torch.Tensor,
+    *,
+    min_coverage: float = 0.5,
+    splits: Sequence[str] = ("val_view", "val_scene"),
+) -> dict[str, Any]:
+    """Object labels from crops, as the object layer makes them: per crop, the head's
+    outputs of the patches its object covers (class pixels >= ``min_coverage``, else the
+    best-covered half) are averaged and the class with the nearest target among objects
+    and furniture is the label. ``top1`` per split: label == the object's class, with
+    recall per class (what a query by name needs)."""
+    vocab = ds.vocab
+    named = torch.as_tensor(vocab.by_role("object") + vocab.by_role("furniture"))
+    out: dict[str, Any] = {"min_coverage": min_coverage}
+    crop_rows = np.flatnonzero(ds.kind == hd.CROP)
+    for split in splits:
+        sid = SPLITS.index(split)
+        rows = crop_rows[ds.split[crop_rows] == sid]
+        if len(rows) == 0:
+            continue
+        z = _embed_all(head, ds.features[rows])
+        frames, start = np.unique(ds.frame[rows], return_index=True)
+        bounds = np.append(start, len(rows))
+        pooled, truth = [], []
+        for j in range(len(frames)):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            cls = int(ds.target_class[rows[lo]])
+            counts = ds.counts[rows[lo:hi]].astype(np.float64)
+            cover = counts[:, cls] / np.maximum(counts.sum(axis=1), 1.0)
+            use = cover >= min_coverage
+            if not use.any():
+                use = cover >= 0.5 * cover.max() if cover.max() > 0 else use
+            if not use.any():
+                continue
+            w = torch.from_numpy(np.where(use, cover, 0.0)).float()
+            pooled.append(torch.nn.functional.normalize((w[:, None] * z[lo:hi]).sum(0), dim=0))
+            truth.append(cls)
+        if not pooled:
+            continue
+        y = torch.as_tensor(truth)
+        pred = named[(torch.stack(pooled) @ targets[named].T).argmax(dim=1)]
+        correct = pred == y
+        recall = {
+            vocab.classes[c]: float(correct[y == c].float().mean()) for c in sorted(set(truth))
+        }
+        out[split] = {
+            "crops": len(truth),
+            "top1": float(correct.float().mean()),
+            "mean_recall": float(np.mean(list(recall.values()))),
+            "recall": recall,
+            "crops_per_class": {vocab.classes[c]: truth.count(c) for c in sorted(set(truth))},
+        }
     return out
 
 
@@ -615,6 +674,24 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
             f"names {r['paraphrase_top1']:.3f}; queries ranked first: names "
             f"{r['query_top1_first_name']:.3f}, paraphrases {r['query_top1_paraphrase']:.3f}"
         )
+    base = metrics.get("baseline") or {}
+    for split in ("val_view", "val_scene"):
+        c = metrics.get("crops", {}).get(split)
+        if c:
+            line = (
+                f"{split:9s} {c['crops']:6d} object crops: label top-1 {c['top1']:.3f}, "
+                f"mean recall {c['mean_recall']:.3f}"
+            )
+            b = base.get("crops", {}).get(split)
+            if b:
+                line += f" (baseline head {b['top1']:.3f}, {b['mean_recall']:.3f})"
+            lines.append(line)
+        p = base.get("patches", {}).get(split)
+        if p:
+            lines.append(
+                f"{split:9s} baseline head: patch top-1 {p['top1']:.3f}, objects "
+                f"{p['object_top1']:.3f}"
+            )
     g = metrics.get("grounding")
     if g:
         lines.append(
@@ -635,10 +712,12 @@ def run_training(
     progress: bool = True,
     train_overrides: Mapping[str, Any] | None = None,
     command: str = "",
+    baseline: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Generate (or reuse) the data, train, evaluate, write head + metrics. Returns the
-    metrics dict (also written to ``out_dir/metrics.json``)."""
+    metrics dict (also written to ``out_dir/metrics.json``). ``baseline``: another head
+    (e.g. the shipped one) measured on the same validation data in the same run."""
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -675,6 +754,17 @@ def run_training(
     head_path = head.save(out_dir / HEAD_FILE)
     t0 = time.perf_counter()
     patches = evaluate_patches(head, ds, targets, text)
+    crops = evaluate_crops(head, ds, targets)
+    compared: dict[str, Any] = {}
+    if baseline is not None:
+        other = AlignmentHead.load(baseline)
+        other_targets = class_targets(text, ds.vocab, other.metadata.get("templates", TEMPLATES))
+        compared = {
+            "head": str(baseline),
+            "sha256": _sha256(Path(baseline)),
+            "patches": evaluate_patches(other, ds, other_targets, text),
+            "crops": evaluate_crops(other, ds, other_targets),
+        }
     t_eval = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "format": "llava3d_ros.head_metrics",
@@ -703,6 +793,8 @@ def run_training(
             "loss_per_epoch": history["loss"],
         },
         "patches": patches,
+        "crops": crops,
+        "baseline": compared,
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -774,6 +866,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="override the MLP width (0 = LayerNorm + Linear; shipped: 512)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another head.safetensors to measure on the same validation data (e.g. the "
+        "shipped head), printed beside the new one",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -800,6 +899,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         train_overrides=overrides,
         command=command,
+        baseline=args.baseline,
     )
     return 0
 

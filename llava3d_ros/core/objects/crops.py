@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -26,7 +27,7 @@ from numpy.typing import NDArray
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.objects.features import KeyframeObservation
 
-__all__ = ["CropConfig", "CropFeature", "CropRefiner", "crop_box"]
+__all__ = ["CropConfig", "CropFeature", "CropRefiner", "crop_box", "crop_input"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,15 @@ def crop_box(
     u0 = round(np.clip(centre[0] - side / 2.0, 0, width - side))
     v0 = round(np.clip(centre[1] - side / 2.0, 0, height - side))
     return u0, v0, side
+
+
+def crop_input(rgb: np.ndarray, box: tuple[int, int, int], geometry: PatchGeometry) -> np.ndarray:
+    """The square ``box`` (u0, v0, side) of an (H, W, 3) image resized to the encoder's
+    input, as the object layer encodes it (the default head is trained on the same)."""
+    u0, v0, side = box
+    crop = np.ascontiguousarray(rgb[v0 : v0 + side, u0 : u0 + side])
+    interp = cv2.INTER_AREA if side > geometry.input_width else cv2.INTER_CUBIC
+    return cv2.resize(crop, (geometry.input_width, geometry.input_height), interpolation=interp)
 
 
 class CropRefiner:
@@ -208,8 +218,6 @@ class CropRefiner:
 
     def _crop(self, job: _Job) -> tuple[np.ndarray, NDArray[np.float64]] | None:
         """(crop resized to the encoder input, per-crop-patch coverage of the instance)."""
-        import cv2
-
         cfg, obs = self.config, job.obs
         intr = obs.intrinsics
         if intr is None or not obs.image:
@@ -222,10 +230,8 @@ class CropRefiner:
         img = cv2.imdecode(np.frombuffer(obs.image, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
             return None
-        crop = np.ascontiguousarray(img[v0 : v0 + side, u0 : u0 + side, ::-1])
         g = self.geometry
-        interp = cv2.INTER_AREA if side > g.input_width else cv2.INTER_CUBIC
-        crop = cv2.resize(crop, (g.input_width, g.input_height), interpolation=interp)
+        crop = crop_input(img[..., ::-1], box, g)
         # Coverage of each crop patch: instance samples / all samples in it.
         rel = (pix - [u0, v0]) * (g.grid_width / side, g.grid_height / side)
         inside = (rel[:, 0] >= 0) & (rel[:, 0] < g.grid_width)
