@@ -17,9 +17,12 @@
     (transient local).
 (4) Every ``--report-s`` seconds one line: frames published, frames the node received,
     keyframes integrated (and per second), drops by reason in that interval, voxels,
-    TSDF blocks, objects, and the node's RSS (VmRSS of /proc/<pid>/status; RssAnon in
-    brackets). At the end: RSS at the end of the warm-up and at the end, their ratio,
-    the peak, the least-squares RSS trend after the warm-up (MB/min), and the first
+    TSDF blocks, objects, the node's RSS (VmRSS of /proc/<pid>/status; RssAnon in
+    brackets), and from /diagnostics in that interval: keyframes slower than 0.5 s
+    ("slow"), garbage-collector pauses of 100 ms or more ("gc") and the collector's total
+    pause ("gc ms"), so that a burst of backlog drops can be matched with its cause.
+    At the end: RSS at the end of the warm-up and at the end, their ratio, the peak,
+    the least-squares RSS trend after the warm-up (MB/min), and the first
     report after which RSS never rose more than 10 % above it (the plateau), next to
     when the keyframes integrated reached ``objects.max_keyframes`` (the object layer's
     keyframe store grows until it holds that many).
@@ -207,6 +210,13 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["RssAnon"]
 
 
+def _delta(now: dict[str, str], before: dict[str, str], key: str) -> str:
+    """A monotonic /diagnostics counter's change over the interval ('-': not reported)."""
+    if key not in now:
+        return "-"
+    return str(int(float(now[key]) - float(before.get(key, 0))))
+
+
 def _drops(stats: Any) -> Counter[str]:
     if stats is None:
         return Counter()
@@ -316,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         publisher.start()
         t0 = time.monotonic()
         last_stats, last_pub, last_t = monitor.read()[0], 0, t0
+        last_diag = monitor.read()[1]
         header = (
             f"{'min':>5} {'pub':>6} {'recv':>6} {'kf':>5} {'kf/s':>5} {'voxels':>7} "
-            f"{'tsdf':>6} {'obj':>4} {'rss [anon] MB':>15}  drops in the interval"
+            f"{'tsdf':>6} {'obj':>4} {'rss [anon] MB':>15} {'slow':>4} {'gc':>3} "
+            f"{'gc ms':>6}  drops in the interval"
         )
         print(header, flush=True)
         end = t0 + args.minutes * 60.0
@@ -345,10 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['minute']:5.1f} {pub - last_pub:6d} {recv:6d} {kf:5d} "
                 f"{kf / (now - last_t):5.2f} {stats.num_voxels:7d} "
                 f"{diag.get('tsdf_blocks', '-'):>6} {diag.get('objects', '-'):>4} "
-                f"{rss:7.0f} [{anon:5.0f}]  {dict(drops) or '-'}",
+                f"{rss:7.0f} [{anon:5.0f}] {_delta(diag, last_diag, 'slow_keyframes'):>4} "
+                f"{_delta(diag, last_diag, 'gc_long_pauses'):>3} "
+                f"{_delta(diag, last_diag, 'gc_pause_total_ms'):>6}  {dict(drops) or '-'}",
                 flush=True,
             )
-            last_stats, last_pub, last_t = stats, pub, now
+            last_stats, last_pub, last_t, last_diag = stats, pub, now, diag
             next_report += args.report_s
     finally:
         publisher.stop()

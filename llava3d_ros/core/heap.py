@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import cast
@@ -44,3 +45,55 @@ def release_freed_memory() -> bool:
     """Collect cyclic garbage, then trim the C heap; True when the heap was trimmed."""
     gc.collect()
     return trim_heap()
+
+
+class GcPauses:
+    """How long the garbage collector stopped this process (``gc.callbacks``).
+
+    A full (generation 2) collection of a large heap holds the interpreter for as long as
+    it takes to walk every tracked object; every thread of a node (sensor callbacks, the
+    ingest worker) waits meanwhile. The node reports these figures in /diagnostics so
+    that a stall can be told apart from slow work. Monotonic per process; one instance
+    is installed at a time per owner (``install`` / ``uninstall``)."""
+
+    def __init__(self, long_pause_s: float = 0.1, clock: Callable[[], float] = time.perf_counter):
+        self.long_pause_s = long_pause_s
+        self._clock = clock
+        self._t0: float | None = None
+        self.collections = [0, 0, 0]  # per generation
+        self.total_s = 0.0
+        self.max_s = 0.0
+        self.long_pauses = 0  # pauses of at least long_pause_s
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        # Collections never overlap (they run under the interpreter lock), so one start
+        # time suffices.
+        if phase == "start":
+            self._t0 = self._clock()
+            return
+        if self._t0 is None:
+            return
+        pause = self._clock() - self._t0
+        self._t0 = None
+        gen = int(info.get("generation", 2))
+        self.collections[min(max(gen, 0), 2)] += 1
+        self.total_s += pause
+        self.max_s = max(self.max_s, pause)
+        self.long_pauses += pause >= self.long_pause_s
+
+    def values(self) -> dict[str, str]:
+        """Diagnostics key/values (monotonic counters and the longest pause)."""
+        return {
+            "gc_full_collections": str(self.collections[2]),
+            "gc_pause_total_ms": f"{1e3 * self.total_s:.0f}",
+            "gc_pause_max_ms": f"{1e3 * self.max_s:.1f}",
+            "gc_long_pauses": str(self.long_pauses),
+        }

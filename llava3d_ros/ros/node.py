@@ -53,7 +53,7 @@ from visualization_msgs.msg import MarkerArray
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderError
-from llava3d_ros.core.heap import release_freed_memory, trim_heap
+from llava3d_ros.core.heap import GcPauses, release_freed_memory, trim_heap
 from llava3d_ros.core.snapshots import SnapshotDirectory
 from llava3d_ros.ros import params as P
 from llava3d_ros.ros.ingest import IngestConfig, IngestWorker
@@ -88,6 +88,8 @@ class Llava3DNode(LifecycleNode):
         for spec in P.NODE_PARAMS:
             self._declare(spec)
         self.telemetry = Telemetry()  # lives as long as the node: counters never go back
+        self._gc_pauses = GcPauses()  # collector stalls, for /diagnostics
+        self._gc_pauses.install()
         self.settings: P.NodeSettings | None = None
         self.pipeline: pl.ScenePipeline | None = None
         self._configured = False
@@ -117,6 +119,7 @@ class Llava3DNode(LifecycleNode):
     def destroy_node(self) -> None:
         self._stop_ingest()
         self._teardown()
+        self._gc_pauses.uninstall()
         self.sensors.destroy()
         super().destroy_node()
 
@@ -414,11 +417,11 @@ class Llava3DNode(LifecycleNode):
         stats = self.stats_msg()
         self._stats_pub.publish(stats)
         pending = self._ingest.pending_tf_frames if self._ingest is not None else 0
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = self._gc_pauses.values()
         objects = self.pipeline.objects if self.pipeline is not None else None
         if objects is not None:
             o = objects.stats()
-            extra = {
+            extra |= {
                 "objects": str(o["objects"]),
                 "furniture": str(o["furniture"]),
                 "object_updates": str(o["updates"]),

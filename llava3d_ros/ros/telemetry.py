@@ -18,11 +18,15 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from llava3d_interfaces.msg import MemoryStats
 from std_msgs.msg import Header
+
+if TYPE_CHECKING:
+    from llava3d_ros.core.memory import VoxelPatchMemory
 
 #: Per-keyframe stages whose medians /diagnostics reports (convert: ROS images -> arrays).
 KEYFRAME_STAGES: tuple[str, ...] = ("convert", "lift", "encode", "fuse")
@@ -40,6 +44,7 @@ class TelemetrySnapshot:
     latency_p95_s: Mapping[str, float]
     input_rate_hz: float
     keyframe_rate_hz: float
+    keyframe_max_s: float = 0.0  # the slowest keyframe of the node's lifetime
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -55,8 +60,11 @@ class Telemetry:
         window: int = 200,
         rate_window_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        slow_keyframe_s: float = 0.5,
     ) -> None:
         self._lock = threading.Lock()
+        self._slow_keyframe_s = slow_keyframe_s
+        self._keyframe_max_s = 0.0
         self._clock = clock
         self._rate_window_s = rate_window_s
         self._counters: Counter[str] = Counter()
@@ -103,6 +111,11 @@ class Telemetry:
     def keyframe(self, total_s: float, stages: Mapping[str, float]) -> None:
         with self._lock:
             self._counters["keyframes"] += 1
+            # A keyframe slower than this lets the ingest backlog fill at 30 Hz: counted
+            # so that a burst of backlog drops can be matched with its cause.
+            if total_s >= self._slow_keyframe_s:
+                self._counters["slow_keyframes"] += 1
+            self._keyframe_max_s = max(self._keyframe_max_s, float(total_s))
             self._keyframe_times.append(self._clock())
             self._latency("keyframe", total_s)
             for stage, seconds in stages.items():
@@ -121,6 +134,7 @@ class Telemetry:
                 latency_p95_s={k: float(np.percentile(v, 95)) for k, v in lat.items()},
                 input_rate_hz=self._rate(self._input_times, now),
                 keyframe_rate_hz=self._rate(self._keyframe_times, now),
+                keyframe_max_s=self._keyframe_max_s,
             )
 
     def _rate(self, times: Iterable[float], now: float) -> float:
@@ -134,7 +148,7 @@ class Telemetry:
 def memory_stats_msg(
     header: Header,
     snap: TelemetrySnapshot,
-    memory: object | None,
+    memory: VoxelPatchMemory | None,
     encoder: str,
     objects: tuple[int, int] = (0, 0),
 ) -> MemoryStats:
@@ -147,7 +161,7 @@ def memory_stats_msg(
     msg.drop_counts = [int(v) for v in snap.drops.values()]
     if memory is None:
         return msg
-    st = memory.stats()  # type: ignore[attr-defined]
+    st = memory.stats()
     msg.num_voxels, msg.max_voxels = int(st.num_voxels), int(st.max_voxels)
     msg.voxel_size = float(st.voxel_size)
     msg.feature_dim = int(sum(st.feature_dims.values()))
@@ -159,7 +173,7 @@ def memory_stats_msg(
         sec = int(st.newest_stamp // 1)
         msg.last_keyframe_stamp.sec = sec
         msg.last_keyframe_stamp.nanosec = min(round((st.newest_stamp - sec) * 1e9), 999_999_999)
-    bounds = memory.bounds()  # type: ignore[attr-defined]
+    bounds = memory.bounds()
     if bounds is not None:
         lo, hi = (b.cpu().numpy().astype(float) for b in bounds)
         msg.bounds_min.x, msg.bounds_min.y, msg.bounds_min.z = (float(v) for v in lo)
@@ -188,6 +202,8 @@ def diagnostics_msg(
         "total_drops": str(snap.total_drops),
         "ground_latency_p50_ms": p50_ms("ground"),
         "keyframe_latency_p50_ms": p50_ms("keyframe"),
+        "keyframe_latency_max_ms": f"{1e3 * snap.keyframe_max_s:.1f}",
+        "slow_keyframes": str(snap.counters.get("slow_keyframes", 0)),
         **{f"keyframe_{s}_p50_ms": p50_ms(s) for s in KEYFRAME_STAGES},
         "memory_voxels": str(memory_voxels),
         "pending_tf_frames": str(pending_tf_frames),

@@ -167,6 +167,18 @@ def test_stats_and_diagnostics_messages() -> None:
     assert values["tf_drops"] == "3" and values["pending_tf_frames"] == "2"
 
 
+def test_slow_keyframes_are_counted_for_diagnostics() -> None:
+    tel = Telemetry(slow_keyframe_s=0.5)
+    for seconds in (0.1, 0.7, 0.2, 1.5):
+        tel.keyframe(seconds, {"encode": seconds})
+    snap = tel.snapshot()
+    values = {
+        kv.key: kv.value for kv in diagnostics_msg(Header(), snap, True, 0, 0).status[0].values
+    }
+    assert values["slow_keyframes"] == "2"
+    assert values["keyframe_latency_max_ms"] == "1500.0"
+
+
 # --------------------------------------------------------------------------- parameters
 
 
