@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -45,6 +46,7 @@ __all__ = [
     "translation_between",
     "unproject",
     "validate_transform",
+    "vec3",
 ]
 
 # Tolerances for accepting a 4x4 as a rigid transform. Loose enough for transforms that
@@ -66,9 +68,9 @@ class UnsupportedEncodingError(ValueError):
 _distortion_warned = False  # warn once per process: CameraInfo arrives at 30 Hz
 
 
-def _as_finite_float(name: str, value: object) -> float:
+def _as_finite_float(name: str, value: Any) -> float:
     try:
-        out = float(value)  # type: ignore[arg-type]
+        out = float(value)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be a real number, got {value!r}") from exc
     if not math.isfinite(out):
@@ -465,3 +467,9 @@ def translation_between(t0: ArrayLike, t1: ArrayLike) -> float:
     m0 = validate_transform(t0, "t0")
     m1 = validate_transform(t1, "t1")
     return float(np.linalg.norm(m1[:3, 3] - m0[:3, 3]))
+
+
+def vec3(values: Iterable[Any]) -> tuple[float, float, float]:
+    """Three floats from any iterable of three numbers (an array row, a generator)."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,11 @@ def _claim_domain() -> int:
     return claim_domain_id(_EVAL_DOMAINS, "llava3d_ros_eval_domains")
 
 
-def prepare_ros_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+def prepare_ros_environment(env: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Fill in the DDS settings the user left unset (see the module doc); returns what
     was set. Call before rclpy creates a context in this process."""
-    env = os.environ if env is None else env  # type: ignore[assignment]
-    assert env is not None
+    if env is None:
+        env = os.environ
     changed: dict[str, str] = {}
 
     def default(key: str, value: str) -> None:

@@ -210,7 +210,10 @@ def score_answer(expected: str, answer: str, ok: bool = True) -> bool:
     if kind == "yes_no":
         return _first_word(answer) == expected.strip().lower().rstrip(".")
     if kind == "distance":
-        want = float(re.match(_NUMBER, expected.strip()).group(0))  # type: ignore[union-attr]
+        expected_number = re.match(_NUMBER, expected.strip())
+        if expected_number is None:  # answer_kind said distance: cannot happen
+            raise ValueError(f"no distance in the expected answer {expected!r}")
+        want = float(expected_number.group(0))
         m = re.search(rf"({_NUMBER})\s*m\b", answer)
         if not m:
             return False

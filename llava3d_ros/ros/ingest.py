@@ -124,8 +124,8 @@ class IngestWorker:
     ) -> None:
         """``clock``: monotonic seconds for TF-wait timeouts; ``now_ns``: the node's ROS
         clock for the stamp range check (None: no check)."""
-        self.pipeline = pipeline
-        self.tf = tf
+        self._pipeline: pl.ScenePipeline | None = pipeline
+        self._tf: TransformLookup | None = tf
         self.sync = sync
         self.telemetry = telemetry
         self.config = config
@@ -144,8 +144,19 @@ class IngestWorker:
         self._images_seen = {"colour": 0, "depth": 0}
         self._warned_no_images = False
 
-    # ------------------------------------------------------------------ callbacks
+    @property
+    def pipeline(self) -> pl.ScenePipeline:
+        if self._pipeline is None:
+            raise RuntimeError("ingest worker already stopped")
+        return self._pipeline
 
+    @property
+    def tf(self) -> TransformLookup:
+        if self._tf is None:
+            raise RuntimeError("ingest worker already stopped")
+        return self._tf
+
+    # ------------------------------------------------------------------ callbacks
     def on_color(self, msg: Any) -> None:
         if self._stopped:  # a late message on a destroyed subscription
             return
@@ -247,8 +258,9 @@ class IngestWorker:
             self._pending.clear()
         self.sync.reset()
         self.telemetry.add_drops(self.sync.take_drops())
-        self.pipeline = None  # type: ignore[assignment]
-        self.tf = None  # type: ignore[assignment]
+        # Released here so that the node's cleanup frees the model and memory.
+        self._pipeline = None
+        self._tf = None
         self._intrinsics_cache = None
 
     @property

@@ -6,6 +6,7 @@ Plain functions from core snapshots to messages, tested without a graph."""
 from __future__ import annotations
 
 import numpy as np
+from builtin_interfaces.msg import Duration as DurationMsg
 from geometry_msgs.msg import Vector3
 from llava3d_interfaces.msg import ObjectList, SceneObject
 from rclpy.duration import Duration
@@ -21,7 +22,8 @@ _OBJECT_RGBA = (0.2, 0.6, 1.0, 0.35)
 _FURNITURE_RGBA = (0.8, 0.6, 0.2, 0.2)
 
 
-def _time(seconds: float) -> object:
+def _time(seconds: float) -> DurationMsg:
+    """Seconds as a builtin_interfaces Duration (Time has the same sec/nanosec fields)."""
     return Duration(seconds=max(float(seconds), 0.0)).to_msg()
 
 
@@ -42,7 +44,7 @@ def scene_object_msg(inst: ObjectInstance) -> SceneObject:
     for field, value in (("first_seen", inst.first_seen), ("last_seen", inst.last_seen)):
         d = _time(value)
         t = getattr(msg, field)
-        t.sec, t.nanosec = d.sec, d.nanosec  # type: ignore[attr-defined]
+        t.sec, t.nanosec = d.sec, d.nanosec
     return msg
 
 
@@ -55,7 +57,7 @@ def object_list_msg(header: Header, snapshot: ObjectSnapshot, pending_crops: int
         pending_crops=int(pending_crops),
     )
     d = _time(snapshot.stamp)
-    msg.data_stamp.sec, msg.data_stamp.nanosec = d.sec, d.nanosec  # type: ignore[attr-defined]
+    msg.data_stamp.sec, msg.data_stamp.nanosec = d.sec, d.nanosec
     return msg
 
 

@@ -284,10 +284,10 @@ class RgbdSynchronizer(Generic[ColorT, DepthT, InfoT]):
                     self._held = (c_stamp, color, depth, d_stamp)
                     continue
                 out.append(SyncedFrame(c_stamp, color, depth, self._info, d_stamp - c_stamp))
-            if anchor >= 0:
+            if anchor >= 0 and self._decided_ns is not None:
                 # Depth older than decided - slop can pair with nothing any more (further
                 # back than the horizon it is another timeline's: evicted by arrival).
-                newest_useless = self._decided_ns - self.slop_ns - 1  # type: ignore[operator]
+                newest_useless = self._decided_ns - self.slop_ns - 1
                 while len(self._depth) and self._in_decided_past(
                     self._depth.stamps[0], newest_useless
                 ):

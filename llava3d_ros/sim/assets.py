@@ -613,9 +613,9 @@ def _urdf_parts(urdf_path: Path) -> list[_Part]:
     root = ET.parse(urdf_path).getroot()
     base = urdf_path.parent
     named_colours = {
-        m.get("name", ""): _floats(m.find("color").get("rgba"), (1, 1, 1, 1))  # type: ignore[union-attr]
+        m.get("name", ""): _floats(colour.get("rgba"), (1, 1, 1, 1))
         for m in root.findall("material")
-        if m.find("color") is not None
+        if (colour := m.find("color")) is not None
     }
     parts: list[_Part] = []
     # Only single-link models are catalogued: the link frame is the description frame.

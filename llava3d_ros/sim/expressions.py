@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from llava3d_ros.core.geometry import vec3
 from llava3d_ros.core.questions import (
     COMPARE,
     COUNT,
@@ -162,11 +163,11 @@ def objects_from_spec(
                 role=b.role,
                 names=tuple(b.names),
                 attributes=dict(b.attributes),
-                center=tuple(float(v) for v in b.center),  # type: ignore[arg-type]
-                size=tuple(float(v) for v in b.size),  # type: ignore[arg-type]
+                center=vec3(b.center),
+                size=vec3(b.size),
                 yaw=float(b.yaw),
-                aabb_min=tuple(float(v) for v in world.min(axis=0)),  # type: ignore[arg-type]
-                aabb_max=tuple(float(v) for v in world.max(axis=0)),  # type: ignore[arg-type]
+                aabb_min=vec3(world.min(axis=0)),
+                aabb_max=vec3(world.max(axis=0)),
                 on=ids.get(p.on) if p.on else None,
                 visible_frames=int(frames),
                 max_pixels=int(pixels),

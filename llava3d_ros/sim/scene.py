@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from llava3d_ros.core.geometry import vec3
 from llava3d_ros.sim.assets import (
     AssetSpec,
     asset_vertices,
@@ -224,11 +225,11 @@ def _footprint(asset: AssetSpec, x: float, y: float, yaw: float) -> _Rect:
 def _pick_style(rng: np.random.Generator, kind: str, textures: list[str]) -> SurfaceStyle:
     palette = _FLOOR_PALETTE if kind == "floor" else _WALL_PALETTE
     if textures and rng.random() < 0.75:
-        tint = tuple(float(v) for v in rng.uniform(0.85, 1.0, 3))
-        return SurfaceStyle(tint, str(rng.choice(textures)), float(rng.uniform(1.0, 2.0)))  # type: ignore[arg-type]
+        tint = vec3(rng.uniform(0.85, 1.0, 3))
+        return SurfaceStyle(tint, str(rng.choice(textures)), float(rng.uniform(1.0, 2.0)))
     base = np.asarray(palette[int(rng.integers(len(palette)))])
     colour = np.clip(base + rng.uniform(-0.05, 0.05, 3), 0, 1)
-    return SurfaceStyle(tuple(float(v) for v in colour), None, 1.5)  # type: ignore[arg-type]
+    return SurfaceStyle(vec3(colour), None, 1.5)
 
 
 def _place_furniture(
@@ -530,7 +531,7 @@ def compose_room(
         ceiling=SurfaceStyle((0.95, 0.95, 0.95)),
         furniture=tuple(furniture),
         objects=tuple(objects),
-        ambient=tuple(amb * v for v in temp),  # type: ignore[arg-type]
+        ambient=vec3(amb * v for v in temp),
         lights=tuple(lights),
     )
 
@@ -600,8 +601,8 @@ def object_boxes(spec: SceneSpec, include_furniture: bool = False) -> dict[int, 
             category=asset.category,
             names=asset.names,
             attributes=dict(asset.attributes),
-            center=tuple(float(v) for v in center),  # type: ignore[arg-type]
-            size=tuple(float(v) for v in hi - lo),  # type: ignore[arg-type]
+            center=vec3(center),
+            size=vec3(hi - lo),
             yaw=float(p.yaw),
             role=asset.role,
         )

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -43,6 +43,7 @@ STOP_CANCELLED = "cancelled"
 KV_CACHES = ("static", "dynamic")
 
 
+@runtime_checkable
 class _EventLike(Protocol):
     def is_set(self) -> bool: ...
 
@@ -53,8 +54,9 @@ CancelSource = threading.Event | _EventLike | Callable[[], bool]
 def _cancelled(cancel: CancelSource | None) -> bool:
     if cancel is None:
         return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set()) if callable(is_set) else bool(cancel())  # type: ignore[operator]
+    if isinstance(cancel, _EventLike):  # threading.Event and look-alikes
+        return bool(cancel.is_set())
+    return bool(cancel())
 
 
 @dataclass

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..geometry import vec3
 from .config import LmmError
 from .model import IMAGE_TOKEN_INDEX, LOC_TOKEN_INDEX
 
@@ -219,11 +220,11 @@ class TextBox:
 
     @property
     def min_corner(self) -> tuple[float, float, float]:
-        return tuple(c - s / 2.0 for c, s in zip(self.center, self.size, strict=True))  # type: ignore[return-value]
+        return vec3(c - s / 2.0 for c, s in zip(self.center, self.size, strict=True))
 
     @property
     def max_corner(self) -> tuple[float, float, float]:
-        return tuple(c + s / 2.0 for c, s in zip(self.center, self.size, strict=True))  # type: ignore[return-value]
+        return vec3(c + s / 2.0 for c, s in zip(self.center, self.size, strict=True))
 
 
 def parse_boxes(text: str) -> list[TextBox]:
