@@ -398,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{final['rss']:.0f}, peak {max(rss_values):.0f}; RssAnon {base['anon']:.0f} -> "
         f"{final['anon']:.0f}"
     )
+    print(
+        f"slowest keyframe {last_diag.get('keyframe_latency_max_ms', '-')} ms, "
+        f"{last_diag.get('slow_keyframes', '-')} over 0.5 s (causes: WARN lines in the node "
+        f"log); garbage collector: {last_diag.get('gc_full_collections', '-')} full "
+        f"collections, longest pause {last_diag.get('gc_pause_max_ms', '-')} ms"
+    )
     after = [r for r in rows if r["minute"] >= base["minute"]]
     trend = slope_per_minute([r["minute"] for r in after], [r["rss"] for r in after])
     print(f"RSS trend after warm-up: {trend:+.1f} MB/min over {len(after)} reports")

@@ -412,6 +412,8 @@ class ScenePipeline:
                 raise FrameError("no_valid_depth", "no patch has enough valid depth pixels")
             t0 = time.perf_counter()
             with self._encoder_lock:
+                # Waiting for an object crop's encoder call, timed on its own.
+                timings["encoder_wait"] = time.perf_counter() - t0
                 encoded = self.bundle.image.encode([rgb])
             timings["encode"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -98,6 +98,7 @@ class IngestConfig:
     max_stamp_age_s: float = 0.0  # images stamped further behind now_ns (0 = off)
     max_translation_m: float = 1e5  # camera poses further from the map origin: bad_pose
     no_images_warn_s: float = 5.0  # camera info this long without any image: warn once
+    slow_keyframe_s: float = 0.5  # a keyframe this slow is logged with its stage times
 
 
 class _PendingFrame:
@@ -389,5 +390,16 @@ class IngestWorker:
         stages = {
             s: t_convert if s == "convert" else outcome.timings.get(s, 0.0) for s in KEYFRAME_STAGES
         }
-        self.telemetry.keyframe(time.perf_counter() - t0, stages)
+        total = time.perf_counter() - t0
+        self.telemetry.keyframe(total, stages)
+        if total >= self.config.slow_keyframe_s:
+            # Frames arriving meanwhile wait in the backlog (and overflow it at 30 Hz):
+            # say where the time went, so a burst of drops has a cause in the log.
+            parts = {"convert": t_convert, **outcome.timings}
+            self.logger.warning(
+                f"slow keyframe: {total:.2f} s ("
+                + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                + f"); {len(self._pending)} frames waiting",
+                throttle_duration_sec=10.0,
+            )
         return True

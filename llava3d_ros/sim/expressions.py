@@ -47,6 +47,8 @@ from llava3d_ros.core.questions import (
     parse_question,
 )
 from llava3d_ros.core.spatial import RELATION_PHRASES, Box3D, Viewpoint, relation
+from llava3d_ros.sim.assets import CATEGORIES, asset_vertices
+from llava3d_ros.sim.scene import object_boxes
 
 __all__ = [
     "CLEAR_SCORE",
@@ -142,9 +144,6 @@ def objects_from_spec(
 ) -> list[SceneObject]:
     """Objects then furniture of a :class:`~llava3d_ros.sim.scene.SceneSpec`, with unique
     names assigned. ``visibility``: instance id -> (frames seen, max pixels in a frame)."""
-    from llava3d_ros.sim.assets import asset_vertices
-    from llava3d_ros.sim.scene import object_boxes
-
     boxes = object_boxes(spec, include_furniture=True)
     placements = {p.instance_id: p for p in spec.placements()}
     ids = {k: f"{b.category}_{k}" for k, b in boxes.items()}
@@ -445,8 +444,6 @@ def spatial_questions(
             objects=[a.id],
         )
     # Counts: by category name, only when every object carrying that name was seen.
-    from llava3d_ros.sim.assets import CATEGORIES
-
     seen: set[str] = set()
     for o in objects:
         cat = CATEGORIES.get(o.category)

@@ -20,13 +20,18 @@ Instance ids: objects are ``1..N`` in placement order; furniture gets
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import trimesh
+from PIL import Image
 
 from llava3d_ros.core.geometry import vec3
 from llava3d_ros.sim.assets import (
@@ -625,9 +630,6 @@ def _surface_mesh(
     corners: np.ndarray, style: SurfaceStyle, u_axis: np.ndarray, v_axis: np.ndarray
 ) -> Any:
     """A quad (4 corners, counter-clockwise seen from the room) with tiled UVs."""
-    import trimesh
-    from PIL import Image
-
     faces = np.array([[0, 1, 2], [0, 2, 3]])
     texture = None if style.texture is None else _room_texture(style.texture)
     if texture is None:
@@ -893,13 +895,7 @@ def object_views(
 
 def _main(argv: Sequence[str] | None = None) -> int:
     """Render example rooms: ``python -m llava3d_ros.sim.scene --out DIR --seeds 0 1``."""
-    import argparse
-    import time
-    from pathlib import Path
-
-    from PIL import Image
-
-    from llava3d_ros.sim.render import RGBDRenderer, frame_panel
+    from llava3d_ros.sim.render import RGBDRenderer, frame_panel  # EGL set-up: only here
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("--out", type=Path, default=Path("/tmp/llava3d_renders"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -383,6 +384,30 @@ def _send(worker: IngestWorker, stamp_ns: int, color_stamp_ns: int | None = None
 
 def _pose(buf: TransformBuffer, stamp_ns: int, x: float) -> None:
     buf.set_transform("map", "cam", stamp_ns, make_transform([x, 0.0, 0.0], [0, 0, 0, 1.0]))
+
+
+def test_a_slow_keyframe_is_logged_with_where_its_time_went(tiny_bundle: Any) -> None:
+    """A keyframe slower than ``slow_keyframe_s`` lets the backlog fill: the log says
+    which stage took the time (here the encoder, held by an object crop's call)."""
+    worker, buf, _tel = _real_tf_worker(tiny_bundle, slow_keyframe_s=0.05)
+    pipe = worker.pipeline
+    _pose(buf, 10 * S, 0.0)
+    held = threading.Event()
+
+    def hold_encoder() -> None:
+        with pipe._encoder_lock:
+            held.set()
+            time.sleep(0.2)
+
+    t = threading.Thread(target=hold_encoder)
+    t.start()
+    held.wait(5)
+    _send(worker, 10 * S)
+    t.join()
+    lines = [m for m in worker.logger.lines if m.startswith("slow keyframe")]  # type: ignore[attr-defined]
+    assert len(lines) == 1, worker.logger.lines  # type: ignore[attr-defined]
+    wait = float(lines[0].split("encoder_wait ")[1].split(",")[0])
+    assert wait >= 0.1, lines[0]
 
 
 def test_frames_stamped_zero_are_dropped_not_placed_at_the_latest_pose(tiny_bundle: Any) -> None:

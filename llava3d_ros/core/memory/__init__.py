@@ -4,12 +4,14 @@
   snapshots of itself) and its stats;
 - :mod:`.hash_table`: the voxel key -> slot index it looks voxels up in;
 - :mod:`.pooling`: the spatially even subset behind the language model's scene tokens;
-- :mod:`.snapshot_format`: the checked safetensors file both it and the object layer use.
+- :mod:`.snapshot_format`: the checked safetensors file both it and the object layer use
+  (reading, atomic writing, the limits a loaded memory must fit).
 """
 
 from llava3d_ros.core.memory.snapshot_format import (
     SNAPSHOT_FORMAT,
     SNAPSHOT_VERSION,
+    MemoryLimits,
     SnapshotError,
     read_snapshot,
     snapshot_section,
@@ -21,7 +23,6 @@ from llava3d_ros.core.memory.voxel_memory import (
     EVICT_REASONS,
     EvictStats,
     IntegrateStats,
-    MemoryLimits,
     MemoryStats,
     MemoryView,
     VoxelPatchMemory,

@@ -7,11 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 SNAPSHOT_FORMAT = "llava3d_ros.voxel_patch_memory"
 SNAPSHOT_VERSION = 1
@@ -26,12 +30,104 @@ class SnapshotError(RuntimeError):
 MAX_SNAPSHOT_BYTES = 8 << 30
 
 
+@dataclass(frozen=True)
+class MemoryLimits:
+    """The configuration a loaded snapshot must fit (see :func:`checked_limits`)."""
+
+    voxel_size: float
+    feature_dims: Mapping[str, int]
+    max_voxels: int
+    max_radius: float | None = None
+    max_age_s: float | None = None
+    feature_dtype: torch.dtype = torch.float32
+
+
+def write_snapshot(
+    path: str | os.PathLike[str],
+    header: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    sections: Mapping[str, tuple[dict[str, Any], Mapping[str, torch.Tensor]]] | None = None,
+) -> int:
+    """Write ``header`` + ``tensors`` (+ named ``sections``, stored as ``<name>/<tensor>``
+    under the same checksum) to ``path``; returns the file's size. The file is written next
+    to the target and renamed into place, so a crash never leaves a half-written snapshot
+    under ``path``. Raises SnapshotError when it cannot be written."""
+    path = Path(path)
+    header = {**header, "sections": {}}
+    tensors = dict(tensors)
+    for name, (sec_header, sec_tensors) in (sections or {}).items():
+        if "/" in name or not name:
+            raise ValueError(f"bad snapshot section name {name!r}")
+        header["sections"][name] = sec_header
+        for key, t in sec_tensors.items():
+            tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
+    header["checksum"] = "sha256:" + checksum(header, tensors)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={META_KEY: json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise SnapshotError(f"cannot write snapshot {path}: {exc}") from exc
+    return path.stat().st_size
+
+
+def checked_limits(
+    header: Mapping[str, Any],
+    tensors: dict[str, torch.Tensor],
+    limits: MemoryLimits | None,
+) -> tuple[int, float | None, float | None, torch.dtype, dict[str, torch.Tensor]]:
+    """(max_voxels, max_radius, max_age_s, feature dtype, tensors) a memory loaded from
+    this snapshot lives within. With ``limits`` (the node's configuration) the snapshot
+    must have the configured voxel size and feature widths and fit in its ``max_voxels``;
+    the configured bounds are kept, never the file's (a crafted header asking for 5e7
+    voxels allocates nothing), and features are converted to the configured dtype.
+    Without, the file's own bounds. Raises ValueError saying what does not fit."""
+    dtype = getattr(torch, str(header["feature_dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"bad feature_dtype {header['feature_dtype']!r}")
+    bounds = header["bounds"]
+    dims = {str(k): int(d) for k, d in header["feature_dims"]}
+    voxel_size = float(header["voxel_size"])
+    m = int(header["num_voxels"])
+    if limits is None:
+        max_voxels = int(bounds["max_voxels"])
+        if m > max_voxels:
+            raise ValueError(f"{m} voxels exceed max_voxels {max_voxels}")
+        return max_voxels, bounds["max_radius"], bounds["max_age_s"], dtype, tensors
+    if abs(voxel_size - limits.voxel_size) > 1e-9:
+        raise ValueError(
+            f"it was made with voxel_size {voxel_size} m; this node uses "
+            f"{limits.voxel_size} m (set memory.voxel_size to load it)"
+        )
+    if dims != dict(limits.feature_dims):
+        raise ValueError(
+            f"its features {dims} do not match this encoder's {dict(limits.feature_dims)}"
+        )
+    if m > limits.max_voxels:
+        raise ValueError(
+            f"it holds {m} voxels, more than this node's memory.max_voxels {limits.max_voxels}"
+        )
+    if tensors["features"].dtype != limits.feature_dtype:  # converted, not adopted
+        tensors = {**tensors, "features": tensors["features"].to(limits.feature_dtype)}
+    return (
+        limits.max_voxels,
+        limits.max_radius,
+        limits.max_age_s,
+        limits.feature_dtype,
+        tensors,
+    )
+
+
 def read_snapshot(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(header, tensors) of a snapshot file, checked: a regular file of sane size, the
     format and version, the checksum over header and every tensor. Raises SnapshotError
     with what is wrong."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"snapshot not found: {path}")

@@ -25,14 +25,11 @@ checked file format of :mod:`.snapshot_format`; scene tokens for the language mo
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,12 +39,13 @@ from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.memory.hash_table import VoxelHashTable
 from llava3d_ros.core.memory.pooling import pool_cells
 from llava3d_ros.core.memory.snapshot_format import (
-    META_KEY,
     SNAPSHOT_FORMAT,
     SNAPSHOT_VERSION,
+    MemoryLimits,
     SnapshotError,
-    checksum,
+    checked_limits,
     read_snapshot,
+    write_snapshot,
 )
 
 # Eviction reasons, in the order they are reported.
@@ -740,9 +738,6 @@ class VoxelPatchMemory:
         (the object layer's): name -> (JSON-able header, tensors); tensors are stored as
         ``<name>/<tensor>``. The file is written next to the target and renamed into
         place, so a crash never leaves a half-written snapshot under ``path``."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         with self._lock:
             live = self._live_slots()
             tensors = {
@@ -753,27 +748,7 @@ class VoxelPatchMemory:
                 "features": self._feat.index_select(0, live).cpu().contiguous(),
             }
             header = self._header()
-        header["sections"] = {}
-        for name, (sec_header, sec_tensors) in (sections or {}).items():
-            if "/" in name or not name:
-                raise ValueError(f"bad snapshot section name {name!r}")
-            header["sections"][name] = sec_header
-            for key, t in sec_tensors.items():
-                tensors[f"{name}/{key}"] = t.detach().cpu().contiguous()
-        header["checksum"] = "sha256:" + checksum(header, tensors)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            try:
-                save_file(tensors, tmp, metadata={META_KEY: json.dumps(header)})
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError as exc:
-            raise SnapshotError(f"cannot write snapshot {path}: {exc}") from exc
-        return path.stat().st_size
+        return write_snapshot(path, header, tensors, sections)
 
     @classmethod
     def load(
@@ -822,37 +797,11 @@ class VoxelPatchMemory:
         device: str | torch.device,
         limits: MemoryLimits | None = None,
     ) -> VoxelPatchMemory:
-        dtype = getattr(torch, str(header["feature_dtype"]), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"bad feature_dtype {header['feature_dtype']!r}")
+        max_voxels, max_radius, max_age, dtype, tensors = checked_limits(header, tensors, limits)
         bounds = header["bounds"]
         dims = {str(k): int(d) for k, d in header["feature_dims"]}
         voxel_size = float(header["voxel_size"])
         m = int(header["num_voxels"])
-        if limits is not None:
-            if abs(voxel_size - limits.voxel_size) > 1e-9:
-                raise ValueError(
-                    f"it was made with voxel_size {voxel_size} m; this node uses "
-                    f"{limits.voxel_size} m (set memory.voxel_size to load it)"
-                )
-            if dims != dict(limits.feature_dims):
-                raise ValueError(
-                    f"its features {dims} do not match this encoder's {dict(limits.feature_dims)}"
-                )
-            if m > limits.max_voxels:
-                raise ValueError(
-                    f"it holds {m} voxels, more than this node's memory.max_voxels "
-                    f"{limits.max_voxels}"
-                )
-            max_voxels, max_radius, max_age = limits.max_voxels, limits.max_radius, limits.max_age_s
-            if tensors["features"].dtype != limits.feature_dtype:  # converted, not adopted
-                tensors = {**tensors, "features": tensors["features"].to(limits.feature_dtype)}
-            dtype = limits.feature_dtype
-        else:
-            max_voxels, max_radius = int(bounds["max_voxels"]), bounds["max_radius"]
-            max_age = bounds["max_age_s"]
-            if m > max_voxels:
-                raise ValueError(f"{m} voxels exceed max_voxels {max_voxels}")
         mem = cls(
             dims,
             voxel_size=voxel_size,
@@ -905,15 +854,3 @@ class VoxelPatchMemory:
         mem._rejected_range = int(counters["points_rejected_out_of_range"])
         mem._evictions = {r: int(counters["evictions"].get(r, 0)) for r in EVICT_REASONS}
         return mem
-
-
-@dataclass(frozen=True)
-class MemoryLimits:
-    """The configuration a loaded snapshot must fit (see ``from_snapshot``)."""
-
-    voxel_size: float
-    feature_dims: Mapping[str, int]
-    max_voxels: int
-    max_radius: float | None = None
-    max_age_s: float | None = None
-    feature_dtype: torch.dtype = torch.float32
