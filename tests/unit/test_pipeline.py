@@ -44,7 +44,13 @@ def test_keyframes_integrate_and_skip(bundle) -> None:  # type: ignore[no-untype
     rgb, depth = _frame()
     first = p.process_frame(rgb, depth, K, _pose(0.0), 1.0)
     assert first.keyframe == "first" and first.patches == 16  # 4x4 tiny-CLIP grid
-    assert len(p.memory) > 0 and set(first.timings) == {"lift", "encode", "fuse", "objects"}
+    assert len(p.memory) > 0 and set(first.timings) == {
+        "lift",
+        "encoder_wait",
+        "encode",
+        "fuse",
+        "objects",
+    }
     assert p.process_frame(rgb, depth, K, _pose(0.01), 1.1).keyframe is None
     assert p.process_frame(rgb, depth, K, _pose(0.5), 1.2).keyframe == "moved"
     assert p.memory.stats().frames_integrated == 2
