@@ -391,8 +391,9 @@ class IngestWorker:
             s: t_convert if s == "convert" else outcome.timings.get(s, 0.0) for s in KEYFRAME_STAGES
         }
         total = time.perf_counter() - t0
-        self.telemetry.keyframe(total, stages)
-        if total >= self.config.slow_keyframe_s:
+        slow = total >= self.config.slow_keyframe_s
+        self.telemetry.keyframe(total, stages, slow)
+        if slow:
             # Frames arriving meanwhile wait in the backlog (and overflow it at 30 Hz):
             # say where the time went, so a burst of drops has a cause in the log.
             parts = {"convert": t_convert, **outcome.timings}

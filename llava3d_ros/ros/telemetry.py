@@ -60,10 +60,8 @@ class Telemetry:
         window: int = 200,
         rate_window_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
-        slow_keyframe_s: float = 0.5,
     ) -> None:
         self._lock = threading.Lock()
-        self._slow_keyframe_s = slow_keyframe_s
         self._keyframe_max_s = 0.0
         self._clock = clock
         self._rate_window_s = rate_window_s
@@ -108,12 +106,12 @@ class Telemetry:
             if stream == "color":
                 self._input_times.append(self._clock())
 
-    def keyframe(self, total_s: float, stages: Mapping[str, float]) -> None:
+    def keyframe(self, total_s: float, stages: Mapping[str, float], slow: bool = False) -> None:
+        """``slow``: the ingest worker found it slow enough to let its backlog fill (counted
+        so that a burst of backlog drops can be matched with its cause)."""
         with self._lock:
             self._counters["keyframes"] += 1
-            # A keyframe slower than this lets the ingest backlog fill at 30 Hz: counted
-            # so that a burst of backlog drops can be matched with its cause.
-            if total_s >= self._slow_keyframe_s:
+            if slow:
                 self._counters["slow_keyframes"] += 1
             self._keyframe_max_s = max(self._keyframe_max_s, float(total_s))
             self._keyframe_times.append(self._clock())

@@ -453,6 +453,7 @@ class RoomViews:
     classes: list[np.ndarray]  # (H, W) int16 per frame
     plan: ViewPlan
     instance: list[np.ndarray] = field(default_factory=list)  # (H, W) instance id per frame
+    instance_class: dict[int, int] = field(default_factory=dict)  # instance id -> class
 
 
 def render_room_views(
@@ -467,7 +468,7 @@ def render_room_views(
     }
     floor_c, wall_c, ceiling_c = (vocab.index(c) for c in BACKGROUND_CLASSES)
     bg = (floor_c, wall_c, ceiling_c)
-    out = RoomViews(spec, [], [], [], plan)
+    out = RoomViews(spec, [], [], [], plan, instance_class=instance_class)
     for pose in plan.poses:
         frame = renderer.render(scene, pose)
         out.rgb.append(frame.rgb)
@@ -617,25 +618,13 @@ def generate(
             counts = np.stack(
                 [patch_class_counts(c, geometry, vocab.num_classes) for c in views.classes]
             )
-            instance_class = {
-                p.instance_id: vocab.index(get_asset(p.asset_id).category)
-                for p in spec.placements()
-            }
             kinds = np.asarray(views.plan.kinds, np.uint8)
             targets = np.asarray(views.plan.targets, np.int32)
             poses = np.stack(views.plan.poses).astype(np.float32)
             crops = walk_crops(views, images, cfg, vocab, geometry) if cfg.walk_crops else []
             if crops:
-                crop_feats = np.concatenate(
-                    [
-                        encoder.encode([c.rgb for c in crops[j : j + 16]])["vision"]
-                        .cpu()
-                        .numpy()
-                        .astype(np.float16)
-                        .reshape(-1, geometry.num_patches, feats.shape[-1])
-                        for j in range(0, len(crops), 16)
-                    ]
-                )
+                crop_feats = encoder.encode([c.rgb for c in crops])["vision"].cpu().numpy()
+                crop_feats = crop_feats.astype(np.float16).reshape(len(crops), *feats.shape[1:])
                 frame_of = np.asarray([c.frame for c in crops])
                 feats = np.concatenate([feats, crop_feats])
                 counts = np.concatenate([counts, np.stack([c.counts for c in crops])])
@@ -656,7 +645,7 @@ def generate(
                 target=targets,
                 poses=poses,
                 target_class=np.asarray(
-                    [instance_class.get(int(t), -1) for t in targets], np.int16
+                    [views.instance_class.get(int(t), -1) for t in targets], np.int16
                 ),
                 seed=np.int64(seed),
                 spec=np.frombuffer(json.dumps(spec.to_dict()).encode(), np.uint8),

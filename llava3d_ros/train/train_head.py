@@ -55,6 +55,7 @@ from llava3d_ros.core.encoders.alignment_head import AlignmentHead
 from llava3d_ros.core.encoders.base import EncoderError
 from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
 from llava3d_ros.core.grounding import DEFAULT_NEGATIVE_PROMPTS
+from llava3d_ros.core.objects.crops import crop_patch_weights
 from llava3d_ros.core.pipeline import PipelineConfig, ScenePipeline
 from llava3d_ros.core.spatial import Box3D
 from llava3d_ros.models import default_head_path as shipped_head
@@ -487,10 +488,11 @@ def evaluate_crops(
     splits: Sequence[str] = ("val_view", "val_scene"),
 ) -> dict[str, Any]:
     """Object labels from crops, as the object layer makes them: per crop, the head's
-    outputs of the patches its object covers (class pixels >= ``min_coverage``, else the
-    best-covered half) are averaged and the class with the nearest target among objects
-    and furniture is the label. ``top1`` per split: label == the object's class, with
-    recall per class (what a query by name needs)."""
+    outputs of the patches its object covers are averaged with the object layer's
+    weights (``crop_patch_weights``: class pixels >= ``min_coverage``), and the class
+    with the nearest target among objects and furniture is the label. ``top1`` per
+    split: label == the object's class, with recall per class (what a query by name
+    needs)."""
     vocab = ds.vocab
     named = torch.as_tensor(vocab.by_role("object") + vocab.by_role("furniture"))
     out: dict[str, Any] = {"min_coverage": min_coverage}
@@ -509,12 +511,10 @@ def evaluate_crops(
             cls = int(ds.target_class[rows[lo]])
             counts = ds.counts[rows[lo:hi]].astype(np.float64)
             cover = counts[:, cls] / np.maximum(counts.sum(axis=1), 1.0)
-            use = cover >= min_coverage
-            if not use.any():
-                use = cover >= 0.5 * cover.max() if cover.max() > 0 else use
-            if not use.any():
+            weights = crop_patch_weights(cover, min_coverage)
+            if not weights.any():
                 continue
-            w = torch.from_numpy(np.where(use, cover, 0.0)).float()
+            w = torch.from_numpy(weights).float()
             pooled.append(torch.nn.functional.normalize((w[:, None] * z[lo:hi]).sum(0), dim=0))
             truth.append(cls)
         if not pooled:

@@ -169,9 +169,9 @@ def test_stats_and_diagnostics_messages() -> None:
 
 
 def test_slow_keyframes_are_counted_for_diagnostics() -> None:
-    tel = Telemetry(slow_keyframe_s=0.5)
+    tel = Telemetry()
     for seconds in (0.1, 0.7, 0.2, 1.5):
-        tel.keyframe(seconds, {"encode": seconds})
+        tel.keyframe(seconds, {"encode": seconds}, slow=seconds >= 0.5)
     snap = tel.snapshot()
     values = {
         kv.key: kv.value for kv in diagnostics_msg(Header(), snap, True, 0, 0).status[0].values

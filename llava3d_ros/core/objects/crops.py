@@ -27,7 +27,14 @@ from numpy.typing import NDArray
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.objects.features import KeyframeObservation
 
-__all__ = ["CropConfig", "CropFeature", "CropRefiner", "crop_box", "crop_input"]
+__all__ = [
+    "CropConfig",
+    "CropFeature",
+    "CropRefiner",
+    "crop_box",
+    "crop_input",
+    "crop_patch_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,15 @@ def crop_input(rgb: np.ndarray, box: tuple[int, int, int], geometry: PatchGeomet
     crop = np.ascontiguousarray(rgb[v0 : v0 + side, u0 : u0 + side])
     interp = cv2.INTER_AREA if side > geometry.input_width else cv2.INTER_CUBIC
     return cv2.resize(crop, (geometry.input_width, geometry.input_height), interpolation=interp)
+
+
+def crop_patch_weights(coverage: NDArray[np.floating], min_coverage: float) -> NDArray[np.float64]:
+    """Pooling weight of each crop patch: its coverage by the instance where that reaches
+    ``min_coverage`` (else where it reaches half the best patch's), 0 elsewhere."""
+    use = coverage >= min_coverage
+    if not use.any():
+        use = coverage >= 0.5 * coverage.max() if coverage.max() > 0 else use
+    return np.where(use, coverage, 0.0).astype(np.float64)
 
 
 class CropRefiner:
@@ -245,11 +261,7 @@ class CropRefiner:
         return crop, coverage
 
     def _store(self, job: _Job, coverage: NDArray[np.float64], feats: NDArray[np.float32]) -> None:
-        cfg = self.config
-        use = coverage >= cfg.min_coverage
-        if not use.any():
-            use = coverage >= 0.5 * coverage.max() if coverage.max() > 0 else use
-        w = np.where(use, coverage, 0.0)
+        w = crop_patch_weights(coverage, self.config.min_coverage)
         weight = float(w.sum())
         if weight <= 0:
             feature = np.zeros(0, np.float32)
