@@ -20,7 +20,9 @@
     TSDF blocks, objects, the node's RSS (VmRSS of /proc/<pid>/status; RssAnon in
     brackets), and from /diagnostics in that interval: keyframes slower than 0.5 s
     ("slow"), garbage-collector pauses of 100 ms or more ("gc") and the collector's total
-    pause ("gc ms"), so that a burst of backlog drops can be matched with its cause.
+    pause ("gc ms"), so that a burst of backlog drops can be matched with its cause, and
+    keyframe candidates skipped because a newer frame was ready ("supsd", the keyframe
+    policy's ``ingest.latest_wins``; not drops).
     At the end: RSS at the end of the warm-up and at the end, their ratio, the peak,
     the least-squares RSS trend after the warm-up (MB/min), and the first
     report after which RSS never rose more than 10 % above it (the plateau), next to
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         header = (
             f"{'min':>5} {'pub':>6} {'recv':>6} {'kf':>5} {'kf/s':>5} {'voxels':>7} "
             f"{'tsdf':>6} {'obj':>4} {'rss [anon] MB':>15} {'slow':>4} {'gc':>3} "
-            f"{'gc ms':>6}  drops in the interval"
+            f"{'gc ms':>6} {'supsd':>5}  drops in the interval"
         )
         print(header, flush=True)
         end = t0 + args.minutes * 60.0
@@ -359,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{diag.get('tsdf_blocks', '-'):>6} {diag.get('objects', '-'):>4} "
                 f"{rss:7.0f} [{anon:5.0f}] {_delta(diag, last_diag, 'slow_keyframes'):>4} "
                 f"{_delta(diag, last_diag, 'gc_long_pauses'):>3} "
-                f"{_delta(diag, last_diag, 'gc_pause_total_ms'):>6}  {dict(drops) or '-'}",
+                f"{_delta(diag, last_diag, 'gc_pause_total_ms'):>6} "
+                f"{_delta(diag, last_diag, 'superseded'):>5}  {dict(drops) or '-'}",
                 flush=True,
             )
             last_stats, last_pub, last_t, last_diag = stats, pub, now, diag
@@ -391,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"frames published: {publisher.published} ({publisher.late} late by > 1 period); "
         f"received by the node: {stats.frames_received}; keyframes: "
-        f"{stats.keyframes_integrated}; drops: {dict(_drops(stats)) or 'none'}"
+        f"{stats.keyframes_integrated}; drops: {dict(_drops(stats)) or 'none'}; skipped by "
+        f"the keyframe policy: {last_diag.get('not_keyframe', '-')} not keyframes, "
+        f"{last_diag.get('superseded', '-')} superseded by a newer ready frame"
     )
     print(
         f"RSS MB: after warm-up ({base['minute']:.1f} min) {base['rss']:.0f}, final "

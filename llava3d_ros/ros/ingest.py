@@ -29,6 +29,14 @@ no colour or depth image ever did. The usual cause is an image larger than the D
 transport carries (Fast DDS's default shared-memory segment is 0.5 MB, a VGA RGB image
 0.9 MB): such images are silently never delivered, so no drop counter can show them.
 
+Live streams (``latest_wins``, on by default): a keyframe candidate is skipped as
+``superseded`` (counted, not a drop: the keyframe policy's choice) when a newer frame
+whose transform is already known waits behind it. When candidates come faster than the
+encoder takes them (a fast camera at 30 Hz on a small CPU), the encoder then always
+works on the newest view and the backlog never fills; before, it filled to
+``backlog`` frames, the worker integrated views 2 s old and dropped the oldest as
+``backlog_overflow`` (decision record 0008).
+
 No rclpy here beyond message types, so the worker is unit-tested in-process: feed it
 messages, call :meth:`IngestWorker.drain` and look at the pipeline and the telemetry.
 """
@@ -99,6 +107,7 @@ class IngestConfig:
     max_translation_m: float = 1e5  # camera poses further from the map origin: bad_pose
     no_images_warn_s: float = 5.0  # camera info this long without any image: warn once
     slow_keyframe_s: float = 0.5  # a keyframe this slow is logged with its stage times
+    latest_wins: bool = True  # skip a candidate when a newer frame is ready (live streams)
 
 
 class _PendingFrame:
@@ -304,6 +313,7 @@ class IngestWorker:
         # Oldest first; a frame waiting for TF blocks nothing behind it.
         still_waiting: collections.deque[_PendingFrame] = collections.deque()
         integrated = False
+        newest_ready: bool | None = None  # the newest waiting frame can be placed (lazy)
         while pending:
             item = pending.popleft()
             frame = item.frame
@@ -323,7 +333,9 @@ class IngestWorker:
                     "bad_pose", f"{camera_frame} at {frame.stamp_ns * 1e-9:.3f} s: {problem}"
                 )
                 continue
-            if self._integrate(frame, t_map_cam):
+            if cfg.latest_wins and pending and newest_ready is None:
+                newest_ready = self._placeable(pending[-1].frame)
+            if self._integrate(frame, t_map_cam, superseded=bool(pending and newest_ready)):
                 integrated = True
                 break
         still_waiting.extend(pending)
@@ -332,6 +344,15 @@ class IngestWorker:
             still_waiting.extend(self._pending)
             self._pending = still_waiting
         return integrated
+
+    def _placeable(self, frame: SyncedFrame[Any, Any, Any]) -> bool:
+        """True when ``frame``'s camera pose is known and good (it could be integrated now)."""
+        camera_frame = self.config.camera_frame or frame.color.header.frame_id
+        try:
+            t = self.tf.lookup(self.config.map_frame, camera_frame, frame.stamp_ns)
+        except TransformUnavailableError:
+            return False
+        return pose_problem(t, self.config.max_translation_m) is None
 
     def _drop(self, reason: str, detail: str) -> None:
         self.telemetry.drop(reason)
@@ -356,13 +377,19 @@ class IngestWorker:
             return None  # a bad robot pose must not move the radius bound
         return t[:3, 3]
 
-    def _integrate(self, frame: SyncedFrame[Any, Any, Any], t_map_cam: np.ndarray) -> bool:
+    def _integrate(
+        self, frame: SyncedFrame[Any, Any, Any], t_map_cam: np.ndarray, superseded: bool = False
+    ) -> bool:
         """True when the frame was a keyframe and went through the encoder (or failed in
-        lifting: then the tick is yielded like a keyframe)."""
+        lifting: then the tick is yielded like a keyframe). ``superseded``: a newer frame
+        is ready, so a keyframe candidate is skipped in its favour."""
         pipe = self.pipeline
         stamp_s = frame.stamp_ns * 1e-9
         if pipe.keyframes.check(t_map_cam, stamp_s) is None:
             self.telemetry.count("not_keyframe")
+            return False
+        if superseded:
+            self.telemetry.count("superseded")
             return False
         t0 = time.perf_counter()
         try:

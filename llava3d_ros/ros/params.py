@@ -101,6 +101,12 @@ class IngestSettings:
         0.001,
         1.0,
     )
+    latest_wins: bool = option(
+        True,
+        "skip a keyframe candidate when a newer frame is ready (counted as superseded): the "
+        "encoder works on the newest view and the backlog never fills; false integrates "
+        "every candidate in order (offline replays slower than the encoder)",
+    )
     heap_trim_period_s: float = option(
         30.0,
         "give free heap pages back to the OS this often while active (glibc malloc_trim; "

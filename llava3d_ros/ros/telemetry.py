@@ -202,6 +202,9 @@ def diagnostics_msg(
         "keyframe_latency_p50_ms": p50_ms("keyframe"),
         "keyframe_latency_max_ms": f"{1e3 * snap.keyframe_max_s:.1f}",
         "slow_keyframes": str(snap.counters.get("slow_keyframes", 0)),
+        # Frames the keyframe policy skipped (not drops): no motion, or a newer frame ready.
+        "not_keyframe": str(snap.counters.get("not_keyframe", 0)),
+        "superseded": str(snap.counters.get("superseded", 0)),
         **{f"keyframe_{s}_p50_ms": p50_ms(s) for s in KEYFRAME_STAGES},
         "memory_voxels": str(memory_voxels),
         "pending_tf_frames": str(pending_tf_frames),

@@ -270,7 +270,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     return create_encoders({"backend": "hf_clip", "model": str(clip)})
 
 
-def _worker(bundle: Any, now: list[float]) -> tuple[IngestWorker, _Tf, Telemetry]:
+def _worker(
+    bundle: Any, now: list[float], latest_wins: bool = True
+) -> tuple[IngestWorker, _Tf, Telemetry]:
     cfg = pl.PipelineConfig.from_dict(
         {"memory": {"voxel_size": 0.1}, "keyframes": {"max_interval_s": 0.0}}
     )
@@ -280,16 +282,57 @@ def _worker(bundle: Any, now: list[float]) -> tuple[IngestWorker, _Tf, Telemetry
         tf,
         RgbdSynchronizer(),
         tel,
-        IngestConfig(map_frame="map", tf_timeout_s=1.0),
+        IngestConfig(map_frame="map", tf_timeout_s=1.0, latest_wins=latest_wins),
         _Log(),
         clock=lambda: now[0],
     )
     return worker, tf, tel
 
 
-def test_ingest_worker_integrates_keyframes_and_counts_drops(tiny_bundle: Any) -> None:
+def _queue_frames(worker: IngestWorker, tf: _Tf, stamps_s: list[int], with_tf: bool = True) -> None:
+    """Frames 0.5 m apart (each a keyframe candidate), queued without draining."""
+    for k in stamps_s:
+        if with_tf:
+            tf.poses[k * S] = make_transform([0.5 * k, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+        color, depth, info = _images(k * S)
+        worker.on_camera_info(info)
+        worker.on_depth(depth)
+        worker.on_color(color)
+
+
+def test_latest_wins_skips_candidates_a_newer_ready_frame_supersedes(tiny_bundle: Any) -> None:
+    """Before: five candidates queued behind a busy encoder were all encoded in order, and
+    at 30 Hz the backlog filled and overflowed (drops). Now the newest ready one wins and
+    the older ones are counted as superseded (the keyframe policy's choice, not drops)."""
     now = [0.0]
     worker, tf, tel = _worker(tiny_bundle, now)
+    _queue_frames(worker, tf, [10, 11, 12, 13, 14])
+    while worker.drain():
+        pass
+    snap = tel.snapshot()
+    assert snap.counters["keyframes"] == 1 and snap.counters["superseded"] == 4
+    assert not snap.drops
+    assert worker.pipeline.keyframes._last_stamp == pytest.approx(14.0)  # the newest
+    # A newer frame whose transform has not arrived yet does not supersede a ready one
+    # (a lagging TF must not starve the encoder).
+    _queue_frames(worker, tf, [15])
+    _queue_frames(worker, tf, [16], with_tf=False)
+    worker.drain()
+    snap = tel.snapshot()
+    assert snap.counters["keyframes"] == 2 and snap.counters["superseded"] == 4
+    assert worker.pending_tf_frames == 1
+    # Off: every candidate is integrated in order (offline replay slower than the encoder).
+    worker2, tf2, tel2 = _worker(tiny_bundle, now, latest_wins=False)
+    _queue_frames(worker2, tf2, [10, 11, 12])
+    while worker2.drain():
+        pass
+    assert tel2.snapshot().counters["keyframes"] == 3
+    assert "superseded" not in tel2.snapshot().counters
+
+
+def test_ingest_worker_integrates_keyframes_and_counts_drops(tiny_bundle: Any) -> None:
+    now = [0.0]
+    worker, tf, tel = _worker(tiny_bundle, now, latest_wins=False)
     for i in range(3):
         stamp = (10 + i) * S
         tf.poses[stamp] = make_transform([0.5 * i, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
