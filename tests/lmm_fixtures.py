@@ -18,7 +18,7 @@ from torch import nn
 from llava3d_ros.core.lmm.checkpoint import write_official_checkpoint
 from llava3d_ros.core.lmm.config import DEFAULT_MAX_SCENE_TOKENS, LlavaConfig
 from llava3d_ros.core.lmm.model import Llava3DModel
-from llava3d_ros.core.lmm.prompt import SYSTEM_PROMPT_V1
+from llava3d_ros.core.lmm.prompt import SYSTEM_PROMPT_V1, SYSTEM_PROMPT_VICUNA_V1
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 # Words of the llava_v1 template plus some question words, so prompts tokenize without <unk>.
@@ -27,7 +27,9 @@ _WORDS = (
     "table cup mug room object color Describe describe detail. left right above below "
     "near red blue green there ? . ,"
 )
-BASE_WORDS = tuple(dict.fromkeys(SYSTEM_PROMPT_V1.split() + _WORDS.split(" ")))
+BASE_WORDS = tuple(
+    dict.fromkeys(SYSTEM_PROMPT_V1.split() + SYSTEM_PROMPT_VICUNA_V1.split() + _WORDS.split(" "))
+)
 
 
 def make_word_tokenizer(words: Iterable[str] = (), vocab_size: int | None = None) -> Any:
@@ -50,6 +52,69 @@ def make_word_tokenizer(words: Iterable[str] = (), vocab_size: int | None = None
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
+
+
+# Text the tiny SentencePiece model is trained on: the template, prompts, numbers, accents.
+_SP_CORPUS = (
+    SYSTEM_PROMPT_V1,
+    "USER: What is on the table? ASSISTANT: A mug [1.0,2.0,0.5,0.4,0.4,0.9] and a book.",
+    "The related object is located at the point. Describe the object in detail.",
+    "Is the chair left of the sofa? How many cups are there? 0123456789 école 深度",
+)
+
+
+def make_sentencepiece_tokenizer(
+    directory: Path, *, legacy: bool = False, vocab_size: int = 400
+) -> Path:
+    """Train a tiny LLaMA-style SentencePiece model (BPE, byte fallback, split digits,
+    ``<unk>``=0 ``<s>``=1 ``</s>``=2, dummy prefix) offline and write it as the released
+    LLaVA checkpoints ship their tokenizer: ``tokenizer.model``, ``tokenizer_config.json``
+    naming the slow ``LlamaTokenizer`` (LLaVA-1.5's says ``legacy: false``) and
+    ``special_tokens_map.json``. Returns ``directory``."""
+    import io
+    import json
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_SP_CORPUS * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=1.0,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": {"__type": "AddedToken", "content": "<s>", "lstrip": False},
+        "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False},
+        "unk_token": {"__type": "AddedToken", "content": "<unk>", "lstrip": False},
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "legacy": legacy,
+        "model_max_length": 2048,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special))
+    return directory
 
 
 def tiny_config(

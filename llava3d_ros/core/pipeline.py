@@ -145,6 +145,13 @@ class LmmConfig:
         2560, "cap on scene tokens (deterministic, spatially fair)", 1, 100_000
     )
     max_new_tokens: int = option(256, "generated tokens when a goal asks for 0", 1, 8192)
+    scene_frame: str = option(
+        "auto",
+        "auto: scene tokens, clicks and answer boxes go through the frame LLaVA-3D was "
+        "trained in (floor at z 0, xy centred, floor normal up; fitted per question); "
+        "off: map coordinates as they are",
+        choices=("auto", "off"),
+    )
 
 
 @dataclass
@@ -776,6 +783,14 @@ class ScenePipeline:
         t0 = time.perf_counter()
         positions, features = self.memory.pool(VISION, lc.pool_voxel_size, lc.max_scene_tokens)
         timings = {"pool": time.perf_counter() - t0}
+        frame = None
+        if lc.scene_frame == "auto":
+            # Imported with the language model only (the lmm package pulls transformers).
+            from llava3d_ros.core.lmm.scene_frame import fit_scene_frame
+
+            t1 = time.perf_counter()
+            frame = fit_scene_frame(torch.as_tensor(positions).detach().cpu().numpy())
+            timings["scene_frame"] = time.perf_counter() - t1
         answer = self.lmm.answer(
             question.strip(),
             positions,
@@ -786,6 +801,7 @@ class ScenePipeline:
             top_p=top_p if top_p > 0 else None,
             on_text=on_text,
             cancel=cancel,
+            frame=frame,
         )
         timings.update(prefill=answer.prefill_s, total=time.perf_counter() - t0)
         boxes = [

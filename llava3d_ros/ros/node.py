@@ -276,6 +276,7 @@ class Llava3DNode(LifecycleNode):
             device=None if lmm.device == "auto" else lmm.device,
             dtype=None if lmm.dtype == "auto" else lmm.dtype,
             max_scene_tokens=config.lmm.max_scene_tokens,
+            template=lmm.template,
         )
 
     @_logged_transition

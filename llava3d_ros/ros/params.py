@@ -192,6 +192,12 @@ class LmmLoading:
         "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
         choices=("auto", "bf16", "fp16", "fp32"),
     )
+    template: str = option(
+        "vicuna_v1",
+        "conversation template: vicuna_v1 (LLaVA-3D's training, 'curious user') or llava_v1 "
+        "(LLaVA's inference scripts, 'curious human')",
+        choices=("vicuna_v1", "llava_v1"),
+    )
 
 
 @dataclass(frozen=True)

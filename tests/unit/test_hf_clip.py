@@ -133,14 +133,71 @@ def test_shapes_dims_geometry(bundle) -> None:  # type: ignore[no-untyped-def]
     assert bundle.can_ground and bundle.text.dim == 24
 
 
-def test_preprocessing_reads_checkpoint_stats(bundle) -> None:  # type: ignore[no-untyped-def]
+def test_preprocessing_is_the_clip_image_processor(bundle, tiny_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The official CLIP processor (what LLaVA-3D was trained with): short side resized,
+    centre cropped, the checkpoint's mean/std. Before, 4:3 frames were squashed."""
+    from transformers import CLIPImageProcessorPil
+
+    assert bundle.image.geometry.crop == "center"  # do_center_crop absent: CLIP's default
+    official = CLIPImageProcessorPil(
+        size={"shortest_edge": 56},
+        crop_size={"height": 56, "width": 56},
+        image_mean=MEAN,
+        image_std=STD,
+        resample=3,
+    )
+    for img in [*_images(3), np.ascontiguousarray(_images(1)[0].transpose(1, 0, 2))]:
+        ours = bundle.image.preprocess([img])[0].numpy()
+        expect = official(images=img, return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours, expect, atol=1e-5)
+
+
+def test_preprocessing_without_crop_squashes_the_frame(tiny_dir: Path) -> None:
     from PIL import Image
 
+    enc = create_encoders(
+        {"backend": "hf_clip", "model": str(tiny_dir), "text": False, "crop": "none"}
+    ).image
+    assert enc.geometry.crop == "none"
     img = _images(1)[0]
-    ours = bundle.image.preprocess([img])[0].numpy()
+    ours = enc.preprocess([img])[0].numpy()
     resized = np.asarray(Image.fromarray(img).resize((56, 56), resample=Image.BICUBIC))
     expect = ((resized / 255.0 - np.array(MEAN)) / np.array(STD)).transpose(2, 0, 1)
     np.testing.assert_allclose(ours, expect, atol=1e-5)
+    with pytest.raises(EncoderError, match="crop"):
+        create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "crop": "squash"})
+
+
+def test_patches_lift_onto_the_pixels_they_saw_after_the_crop(bundle) -> None:  # type: ignore[no-untyped-def]
+    """A 640x480 frame whose depth changes by column: with the centre crop the first
+    patch column sees source columns from 77 on (not 0; the tiny model's 56 px input
+    resizes the long side to 74 px and crops from 9), and every patch's 3D point must lie
+    on the surface of the pixels it saw."""
+    from llava3d_ros.core.geometry import CameraIntrinsics
+    from llava3d_ros.core.lifting import lift_patches
+
+    g = bundle.image.geometry
+    assert g.source_region(480, 640) == (0, 480, 77, 557)
+    # LLaVA-3D's 336 px input: the centred 480x480 square exactly.
+    clip336 = type(g)(336, 336, 14, 24, 24, "center")
+    assert clip336.source_region(480, 640) == (0, 480, 80, 560)
+    assert clip336.source_region(640, 480) == (80, 560, 0, 480)
+    depth = np.empty((480, 640), np.float32)
+    cols = np.arange(640)
+    depth[:] = np.where(cols < 80, 1.0, np.where(cols >= 560, 5.0, 2.0 + cols / 640.0))
+    intr = CameraIntrinsics(fx=500.0, fy=500.0, cx=320.0, cy=240.0, width=640, height=480)
+    lifted = lift_patches(depth, intr, g)
+    assert len(lifted) == g.num_patches
+    bounds = g.patch_pixel_bounds(480, 640)
+    assert bounds[0, 0, 2] == 77 and bounds[0, -1, 3] == 557
+    for k, idx in enumerate(lifted.patch_index):
+        r, c = divmod(int(idx), g.grid_width)
+        r0, r1, c0, c1 = bounds[r, c]
+        z = float(lifted.points[k, 2])
+        band = depth[r0:r1, c0:c1]
+        assert band.min() - 1e-4 <= z <= band.max() + 1e-4  # on what the patch saw
+        u = 500.0 * float(lifted.points[k, 0]) / z + 320.0
+        assert c0 - 1 <= u <= c1 + 1
 
 
 @pytest.mark.parametrize("select_layer", [-2, -1, 1])

@@ -19,9 +19,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from llava3d_ros.core.lmm import (
+    DEFAULT_DESCRIBE_QUESTION,
     IMAGE_TOKEN_INDEX,
     LOC_TOKEN_INDEX,
     SYSTEM_PROMPT_V1,
+    SYSTEM_PROMPT_VICUNA_V1,
     CheckpointError,
     Llava3DChat,
     LlavaConfigError,
@@ -32,6 +34,7 @@ from llava3d_ros.core.lmm import (
     load_llava3d,
     parse_boxes,
     select_token,
+    template_named,
     tokenize_prompt,
     write_official_checkpoint,
 )
@@ -338,14 +341,30 @@ def test_missing_files_reported(ckpt: Path, tmp_path: Path) -> None:
 # -- prompts ----------------------------------------------------------------------------------
 
 
-def test_llava_v1_prompt_exact() -> None:
+def test_v1_prompts_exact() -> None:
+    """Default: vicuna_v1, the template LLaVA-3D was trained with ("curious user");
+    llava_v1 ("curious human", LLaVA's inference scripts) by name."""
+    assert SYSTEM_PROMPT_VICUNA_V1 == (
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions."
+    )
     p = build_prompt("What is this?")
-    assert p.text == (f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT:")
+    assert p.text == (f"{SYSTEM_PROMPT_VICUNA_V1} USER: <image>\nWhat is this? ASSISTANT:")
     assert p.locations == ()
     multi = build_prompt("And now?", history=[("What is this?", "A chair.")])
     assert multi.text == (
-        f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT: "
+        f"{SYSTEM_PROMPT_VICUNA_V1} USER: <image>\nWhat is this? ASSISTANT: "
         "A chair.</s>USER: And now? ASSISTANT:"
+    )
+    human = build_prompt("What is this?", template=template_named("llava_v1"))
+    assert human.text == (f"{SYSTEM_PROMPT_V1} USER: <image>\nWhat is this? ASSISTANT:")
+    with pytest.raises(LmmError, match="unknown conversation template"):
+        template_named("chatml")
+
+
+def test_describe_prompt_is_the_released_wording() -> None:
+    assert DEFAULT_DESCRIBE_QUESTION == (
+        "The related object is located at <boxes>. Describe the object in detail."
     )
 
 
@@ -368,7 +387,7 @@ def test_tokenize_prompt_placeholders(chat: Llava3DChat) -> None:
     ids = tokenize_prompt(tok, p.text)
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert ids.count(IMAGE_TOKEN_INDEX) == 1 and ids.count(LOC_TOKEN_INDEX) == 1
-    head = tok(f"{SYSTEM_PROMPT_V1} USER:", add_special_tokens=False)["input_ids"]
+    head = tok(f"{SYSTEM_PROMPT_VICUNA_V1} USER:", add_special_tokens=False)["input_ids"]
     assert ids[1 : 1 + len(head)] == head and ids[1 + len(head)] == IMAGE_TOKEN_INDEX
     assert ids.index(LOC_TOKEN_INDEX) > ids.index(IMAGE_TOKEN_INDEX)
 
@@ -475,9 +494,9 @@ def test_greedy_deterministic_and_matches_reference(
     # Independent path: hand-built ids and embeddings, bare LlamaForCausalLM, no KV cache.
     sd = _tensors(ckpt)
     tok = chat.tokenizer
-    before = [tok.bos_token_id] + tok(f"{SYSTEM_PROMPT_V1} USER: ", add_special_tokens=False)[
-        "input_ids"
-    ]
+    before = [tok.bos_token_id] + tok(
+        f"{SYSTEM_PROMPT_VICUNA_V1} USER: ", add_special_tokens=False
+    )["input_ids"]
     after = tok(f"\n{QUESTION} ASSISTANT:", add_special_tokens=False)["input_ids"]
     table = sd["model.embed_tokens.weight"]
     embeds = torch.cat(

@@ -1,9 +1,10 @@
 """Encoder backend interface shared by every vision / text model the memory can use.
 
-An image encoder turns RGB frames into a grid of patch features. Every backend feeds
-the network the *whole* frame resized to a fixed input size (no centre crop), so each
-patch covers a known rectangle of the source image; `PatchGeometry` says which, and
-the lifting step uses it to give every patch a 3D point.
+An image encoder turns RGB frames into a grid of patch features. A backend feeds the
+network the whole frame resized to a fixed input size, or (CLIP's processor, which
+LLaVA-3D was trained with) its centred square; either way each patch covers a known
+rectangle of the source image: `PatchGeometry` says which, and the lifting step uses it
+to give every patch a 3D point (on the full-resolution depth, so nothing is resampled).
 
 A backend may return two feature kinds per patch, keyed by name:
 - ``"vision"``: the backbone's patch features (for LLaVA-3D: CLIP layer -2, 1024-d),
@@ -25,31 +26,65 @@ VISION = "vision"
 GROUND = "ground"
 
 
+#: How a frame is fitted to the network input (see :class:`PatchGeometry`).
+CROP_MODES = ("none", "center")
+
+
 class EncoderError(RuntimeError):
     """A model could not be loaded or run (missing files, bad shapes, corrupt weights)."""
 
 
 @dataclass(frozen=True)
 class PatchGeometry:
-    """How network patches map onto source-image pixels (the image is resized, not cropped)."""
+    """How network patches map onto source-image pixels.
+
+    ``crop``: "none" - the whole frame is resized to the network input (squashed when
+    the aspect ratios differ); "center" - the short side is resized to the input size and
+    the middle cut out (CLIP's and so LLaVA's image processor): pixels left and right of
+    the centred square (top and bottom for a portrait frame) belong to no patch."""
 
     input_height: int  # pixels the network sees
     input_width: int
     patch_size: int  # network patch edge in input pixels
     grid_height: int  # patches per column / row
     grid_width: int
+    crop: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
+        if self.crop == "center" and self.input_height != self.input_width:
+            raise ValueError("a centre crop needs a square network input")
 
     @property
     def num_patches(self) -> int:
         return self.grid_height * self.grid_width
 
+    def source_region(self, image_height: int, image_width: int) -> tuple[int, int, int, int]:
+        """[row0, row1, col0, col1) of the source image the network sees.
+
+        For "center" the same arithmetic as the CLIP image processor: the long side is
+        resized to ``int(size * long / short)``, the crop starts ``(resized - size) // 2``
+        pixels in, mapped back to source pixels."""
+        if self.crop == "none":
+            return 0, image_height, 0, image_width
+        size = self.input_height
+        short, long = min(image_height, image_width), max(image_height, image_width)
+        resized_long = int(size * long / short)
+        start = round((resized_long - size) // 2 * short / size)
+        start = min(start, long - short)
+        if image_height <= image_width:
+            return 0, image_height, start, start + short
+        return start, start + short, 0, image_width
+
     def patch_pixel_bounds(self, image_height: int, image_width: int) -> np.ndarray:
         """Source-pixel rectangle of every patch: (grid_h, grid_w, 4) int [row0, row1, col0, col1).
 
-        Rows/cols are half-open; patches tile the whole image exactly (edges rounded so
-        no pixel is lost or shared)."""
-        rows = np.round(np.linspace(0, image_height, self.grid_height + 1)).astype(np.int64)
-        cols = np.round(np.linspace(0, image_width, self.grid_width + 1)).astype(np.int64)
+        Rows/cols are half-open; patches tile the region the network sees
+        (:meth:`source_region`) exactly (edges rounded so no pixel is lost or shared)."""
+        r0, r1, c0, c1 = self.source_region(image_height, image_width)
+        rows = r0 + np.round(np.linspace(0, r1 - r0, self.grid_height + 1)).astype(np.int64)
+        cols = c0 + np.round(np.linspace(0, c1 - c0, self.grid_width + 1)).astype(np.int64)
         out = np.empty((self.grid_height, self.grid_width, 4), dtype=np.int64)
         out[..., 0] = rows[:-1, None]
         out[..., 1] = rows[1:, None]

@@ -29,8 +29,12 @@ One forward of the vision tower gives two kinds per patch:
   default ``select_layer`` is exactly the "vision" output: the last block never runs in full.
 
 Text: :class:`CLIPTextEncoder` (text tower + projection), prompt templates averaged.
-Preprocessing: the whole frame resized (no crop) to the model's image size with the
-checkpoint's own resample filter and mean/std (``preprocessor_config.json``).
+Preprocessing: CLIP's image processor, as LLaVA-3D was trained with it: the short side
+resized to the model's image size, the centred square cut out (``crop: center``;
+``crop: none`` squashes the whole frame instead), with the checkpoint's own resample
+filter and mean/std (``preprocessor_config.json``; ``crop: auto`` follows its
+``do_center_crop``). The patch geometry follows the crop, so lifting places each patch
+on the pixels it saw; the pixels outside the square are not lifted.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import (
+    CROP_MODES,
     GROUND,
     VISION,
     EncoderBundle,
@@ -206,10 +211,19 @@ def load_clip(
     return net, config
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    std: tuple[float, ...] = OPENAI_CLIP_STD
+    resample: int = PIL_BICUBIC
+    center_crop: bool = True  # CLIPImageProcessor's do_center_crop default
+
+
 def load_preprocessing(
     model: str, allow_network: bool = False, revision: str | None = None
-) -> tuple[tuple[float, ...], tuple[float, ...], int]:
-    """(mean, std, PIL resample) from the checkpoint's preprocessor_config.json, or OpenAI's."""
+) -> Preprocessing:
+    """Mean, std, PIL resample and centre crop from the checkpoint's
+    preprocessor_config.json, or OpenAI CLIP's."""
     path: str | None = None
     if os.path.isdir(os.path.expanduser(model)):
         candidate = Path(model).expanduser() / "preprocessor_config.json"
@@ -230,10 +244,10 @@ def load_preprocessing(
     if path is None:
         logger.warning(
             "hf_clip: %s has no preprocessor_config.json; using OpenAI CLIP "
-            "mean/std and bicubic resize",
+            "mean/std, bicubic resize and centre crop",
             model,
         )
-        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PIL_BICUBIC
+        return Preprocessing()
     try:
         cfg = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -243,7 +257,12 @@ def load_preprocessing(
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise EncoderError(f"hf_clip: bad image_mean/image_std in {path}")
     resample = cfg.get("resample", PIL_BICUBIC)
-    return mean, std, int(resample) if isinstance(resample, int) else PIL_BICUBIC
+    return Preprocessing(
+        mean,
+        std,
+        int(resample) if isinstance(resample, int) else PIL_BICUBIC,
+        bool(cfg.get("do_center_crop", True)),
+    )
 
 
 def load_tokenizer(model: str, allow_network: bool = False, revision: str | None = None) -> Any:
@@ -292,6 +311,7 @@ class HFClipImageEncoder(ImageEncoder):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         max_batch_size: int = 16,
+        crop: str = "center",
     ) -> None:
         # CLIPModel has .vision_model + .visual_projection; CLIPVisionModel is the tower
         # itself in transformers 5 and wraps it in .vision_model in 4.x.
@@ -315,7 +335,9 @@ class HFClipImageEncoder(ImageEncoder):
             )
         self._interpolate = size != native  # other sizes need interpolated position embeddings
         grid = size // patch
-        self.geometry = PatchGeometry(size, size, patch, grid, grid)
+        if crop not in CROP_MODES:
+            raise EncoderError(f"hf_clip: crop must be one of {CROP_MODES}, got {crop!r}")
+        self.geometry = PatchGeometry(size, size, patch, grid, grid, crop)
         layers = self._vision.encoder.layers
         self._n_layers = len(layers)
         if not -(self._n_layers + 1) <= select_layer <= self._n_layers:
@@ -352,14 +374,24 @@ class HFClipImageEncoder(ImageEncoder):
         return self._max_batch
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """RGB uint8 frames -> (B, 3, S, S) on the model's device/dtype (whole frame resized)."""
+        """RGB uint8 frames -> (B, 3, S, S) on the model's device/dtype: the short side
+        resized to S and the centre cut out (``crop`` "center"), or the whole frame
+        resized to S x S ("none")."""
         from PIL import Image
 
         check_images(images)
         s = self.geometry.input_height
         batch = np.empty((len(images), 3, s, s), np.float32)
         for i, img in enumerate(images):
-            if img.shape[0] != s or img.shape[1] != s:
+            h, w = img.shape[:2]
+            if self.geometry.crop == "center" and h != w:
+                # CLIPImageProcessor: resize the short side, then crop (in that order, so
+                # the border pixels are interpolated from their true neighbours).
+                rw, rh = (int(s * w / h), s) if h <= w else (s, int(s * h / w))
+                img = np.asarray(Image.fromarray(img).resize((rw, rh), resample=self._resample))
+                top, left = (rh - s) // 2, (rw - s) // 2
+                img = img[top : top + s, left : left + s]
+            elif h != s or w != s:
                 img = np.asarray(Image.fromarray(img).resize((s, s), resample=self._resample))
             x = (img.astype(np.float32) / 255.0 - self._mean) / self._std
             batch[i] = x.transpose(2, 0, 1)
@@ -560,6 +592,7 @@ class HFClipOptions:
     allow_network: bool = False  # let transformers download missing files
     revision: str | None = None
     templates: list[str] | None = None  # default DEFAULT_TEMPLATES; ["{}"] = raw text
+    crop: str = "auto"  # auto (the checkpoint's do_center_crop), center, none
     text: bool = True  # build the text encoder (needs tokenizer files)
     max_batch_size: int = 16
 
@@ -570,12 +603,16 @@ def create_hf_clip(options: Mapping[str, Any]) -> EncoderBundle:
     device = resolve_device(opts.device)
     dtype = resolve_dtype(opts.dtype, device)
     model, config = load_clip(opts.model, opts.allow_network, opts.revision)
-    mean, std, resample = load_preprocessing(opts.model, opts.allow_network, opts.revision)
+    prep = load_preprocessing(opts.model, opts.allow_network, opts.revision)
+    if opts.crop not in ("auto", *CROP_MODES):
+        raise EncoderError(f"hf_clip: crop must be auto, center or none, got {opts.crop!r}")
+    crop = opts.crop if opts.crop != "auto" else ("center" if prep.center_crop else "none")
     image = HFClipImageEncoder(
         model,
-        mean,
-        std,
-        resample,
+        prep.mean,
+        prep.std,
+        prep.resample,
+        crop=crop,
         select_layer=opts.select_layer,
         dense_mode=opts.dense_mode,
         input_size=opts.input_size,

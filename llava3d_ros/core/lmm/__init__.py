@@ -3,7 +3,7 @@
 Public API::
 
     model, tokenizer = load_llava3d(path, device=None, dtype=None)   # official layout
-    chat = Llava3DChat(model, tokenizer)
+    chat = Llava3DChat(model, tokenizer)          # vicuna_v1 template (LLaVA-3D's training)
     pos, feat = memory.pool(kind="vision", voxel_size=0.2, max_tokens=2560)
     ans = chat.answer("What is on the table?", pos, feat,
                       max_new_tokens=128, temperature=0.0, top_p=None, seed=None,
@@ -65,15 +65,20 @@ from .model import (
 from .prompt import (
     BOX_PLACEHOLDER,
     DEFAULT_DESCRIBE_QUESTION,
+    DEFAULT_TEMPLATE,
     IMAGE_PLACEHOLDER,
     LLAVA_V1,
     SYSTEM_PROMPT_V1,
+    SYSTEM_PROMPT_VICUNA_V1,
+    TEMPLATES,
+    VICUNA_V1,
     ConversationTemplate,
     Prompt,
     TextBox,
     build_prompt,
     extract_locations,
     parse_boxes,
+    template_named,
     tokenize_prompt,
 )
 
@@ -82,6 +87,7 @@ __all__ = [
     "DEFAULT_DESCRIBE_QUESTION",
     "DEFAULT_IGNORED_KEYS",
     "DEFAULT_MAX_SCENE_TOKENS",
+    "DEFAULT_TEMPLATE",
     "DEFAULT_VOXEL_SIZE",
     "IMAGE_PLACEHOLDER",
     "IMAGE_TOKEN_INDEX",
@@ -91,6 +97,9 @@ __all__ = [
     "LOC_TOKEN_INDEX",
     "OFFICIAL_PREFIXES",
     "SYSTEM_PROMPT_V1",
+    "SYSTEM_PROMPT_VICUNA_V1",
+    "TEMPLATES",
+    "VICUNA_V1",
     "CancelSource",
     "CheckpointError",
     "ConversationTemplate",
@@ -121,6 +130,7 @@ __all__ = [
     "read_checkpoint_index",
     "resolve_checkpoint",
     "select_token",
+    "template_named",
     "to_official_name",
     "tokenize_prompt",
     "write_official_checkpoint",

@@ -5,7 +5,8 @@ Layout (a directory)::
     config.json                       model_type "llava_llama" + Llama keys + mm_* keys
     model.safetensors.index.json      {"metadata": {...}, "weight_map": {name: shard}}
     model-00001-of-0000N.safetensors  (or one model.safetensors)
-    tokenizer files                   whatever AutoTokenizer reads (tokenizer.json, ...)
+    tokenizer.model + tokenizer_config.json   LLaMA SentencePiece (the release), or
+    tokenizer.json ...                        whatever AutoTokenizer reads
 
 Loading never holds two copies of the weights: the module is built on the meta device,
 names and shapes are checked against the shard headers before anything is allocated,
@@ -28,6 +29,7 @@ import torch
 
 from .config import DEFAULT_MAX_SCENE_TOKENS, LlavaConfig, LmmError
 from .model import Llava3DModel
+from .tokenizer import SPIECE_MODEL, LlamaSentencePieceTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -254,9 +256,25 @@ def load_tokenizer(
     config: LlavaConfig | None = None,
     allow_network: bool = False,
 ) -> Any:
-    """The checkpoint's tokenizer. Pass ``config`` so AutoTokenizer does not parse
-    config.json itself (it does not know model_type "llava_llama"; with the Llama config it
-    falls back to the Llama tokenizer when tokenizer_config.json names no class)."""
+    """The checkpoint's tokenizer.
+
+    ``tokenizer.model`` present (the released LLaVA and LLaVA-3D checkpoints): the slow
+    LLaMA tokenizer the official code loads (``use_fast=False``), reproduced on
+    sentencepiece (:mod:`.tokenizer`; transformers 5 has none and its converted fast
+    tokenizer drops the leading space of a text chunk). Otherwise ``tokenizer.json`` and
+    the rest through AutoTokenizer. Pass ``config`` so AutoTokenizer does not parse
+    config.json itself (it does not know model_type "llava_llama")."""
+    d = Path(directory)
+    if (d / SPIECE_MODEL).is_file():
+        try:
+            return LlamaSentencePieceTokenizer.from_directory(d)
+        except ImportError as exc:
+            raise CheckpointError(
+                f"{d / SPIECE_MODEL} needs the sentencepiece package ({exc}); it is in the "
+                "project's requirements: run make setup"
+            ) from exc
+        except (OSError, ValueError, RuntimeError) as exc:  # sentencepiece raises RuntimeError
+            raise CheckpointError(f"cannot load the tokenizer from {d}: {exc}") from exc
     try:
         from transformers import AutoTokenizer
 

@@ -15,19 +15,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from .config import LmmError
 from .model import Llava3DModel
 from .prompt import (
     DEFAULT_DESCRIBE_QUESTION,
-    LLAVA_V1,
+    DEFAULT_TEMPLATE,
+    VICUNA_V1,
     ConversationTemplate,
     TextBox,
     build_prompt,
     parse_boxes,
+    template_named,
     tokenize_prompt,
 )
+from .scene_frame import SceneFrame
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +177,7 @@ class Llava3DChat:
         self,
         model: Llava3DModel,
         tokenizer: Any,
-        template: ConversationTemplate = LLAVA_V1,
+        template: ConversationTemplate = VICUNA_V1,
         kv_cache: str = "static",
     ) -> None:
         if kv_cache not in KV_CACHES:
@@ -201,13 +205,16 @@ class Llava3DChat:
         dtype: str | torch.dtype | None = None,
         *,
         kv_cache: str = "static",
+        template: str = DEFAULT_TEMPLATE,
         **load_kwargs: Any,
     ) -> Llava3DChat:
-        """``load_llava3d(path, device, dtype, **load_kwargs)`` wrapped in a chat."""
+        """``load_llava3d(path, device, dtype, **load_kwargs)`` wrapped in a chat that
+        renders prompts in the named conversation template."""
         from .checkpoint import load_llava3d
 
+        conversation = template_named(template)  # before the weights: fail fast
         model, tokenizer = load_llava3d(path, device, dtype, **load_kwargs)
-        return cls(model, tokenizer, kv_cache=kv_cache)
+        return cls(model, tokenizer, template=conversation, kv_cache=kv_cache)
 
     @torch.inference_mode()
     def prepare(
@@ -218,8 +225,12 @@ class Llava3DChat:
         *,
         location: Any = None,
         history: Sequence[tuple[str, str]] = (),
+        frame: SceneFrame | None = None,
     ) -> PreparedInput:
-        """Prompt -> token ids -> ``inputs_embeds`` with scene and location rows in place."""
+        """Prompt -> token ids -> ``inputs_embeds`` with scene and location rows in place.
+        ``frame``: positions and locations (written or given) are map coordinates, moved
+        into that scene frame before their embeddings (``PreparedInput.locations`` are in
+        the scene frame)."""
         prompt = build_prompt(
             question,
             location=location,
@@ -228,12 +239,21 @@ class Llava3DChat:
             use_im_start_end=self.model.config.mm_use_im_start_end,
         )
         ids = tokenize_prompt(self.tokenizer, prompt.text)
+        locations = prompt.locations
+        if frame is not None:
+            pos = torch.as_tensor(scene_positions)
+            r = torch.as_tensor(frame.rotation, dtype=torch.float64, device=pos.device)
+            o = torch.as_tensor(frame.origin, dtype=torch.float64, device=pos.device)
+            scene_positions = (pos.to(torch.float64) @ r.T - o).to(torch.float32)
+            if locations:
+                moved = frame.to_scene(np.asarray(locations, dtype=np.float64))
+                locations = tuple((float(x), float(y), float(z)) for x, y, z in moved)
         scene = self.model.embed_scene(scene_positions, scene_features)
         if scene.shape[0] == 0:
             logger.warning("no scene tokens: the model answers from the text alone")
         locs = (
-            self.model.embed_locations(prompt.locations)
-            if prompt.locations
+            self.model.embed_locations(locations)
+            if locations
             else scene.new_zeros((0, self.model.config.hidden_size))
         )
         embeds = self.model.assemble_inputs_embeds(ids, scene, locs)
@@ -242,7 +262,7 @@ class Llava3DChat:
             input_ids=ids,
             inputs_embeds=embeds,
             scene_tokens=int(scene.shape[0]),
-            locations=prompt.locations,
+            locations=locations,
         )
 
     def answer(
@@ -261,8 +281,14 @@ class Llava3DChat:
         on_text: Callable[[str], None] | None = None,
         cancel: CancelSource | None = None,
         ignore_eos: bool = False,
+        frame: SceneFrame | None = None,
     ) -> LmmAnswer:
         """Answer ``question`` about the scene tokens (see module and class docs).
+
+        ``frame`` (:mod:`.scene_frame`): positions and locations are map coordinates,
+        moved into the scene frame the model was trained in; the answer's ``boxes`` are
+        moved back to the map (its text keeps the model's scene-frame numbers, so that
+        it stays exactly the streamed text).
 
         ``temperature`` 0 = greedy (deterministic); > 0 samples, reproducibly when ``seed``
         is given. ``stop``: strings that end the answer (not included in it). ``on_text``
@@ -281,9 +307,14 @@ class Llava3DChat:
             _sync(device)
             t0 = time.perf_counter()
             prepared = self.prepare(
-                question, scene_positions, scene_features, location=location, history=history
+                question,
+                scene_positions,
+                scene_features,
+                location=location,
+                history=history,
+                frame=frame,
             )
-            return self._generate(
+            answer = self._generate(
                 prepared,
                 t0,
                 max_new_tokens=max_new_tokens,
@@ -295,6 +326,9 @@ class Llava3DChat:
                 cancel=cancel,
                 ignore_eos=ignore_eos,
             )
+            if frame is not None:
+                answer.boxes = [frame.box_to_map(b) for b in answer.boxes]
+            return answer
 
     def describe(
         self,

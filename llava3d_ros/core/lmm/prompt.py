@@ -1,8 +1,8 @@
-"""Prompts: the llava_v1 conversation template, location prompts, tokenization, text boxes.
+"""Prompts: LLaVA's v1 conversation templates, location prompts, tokenization, text boxes.
 
 A LLaVA-3D prompt, for the question "What is on the table?"::
 
-    A chat between ... questions. USER: <image>
+    A chat between a curious user ... questions. USER: <image>
     What is on the table? ASSISTANT:
 
 ``<image>`` becomes the projected scene tokens. A point ``[x,y,z]`` written in the
@@ -32,13 +32,21 @@ IMAGE_PLACEHOLDER = "<image>"
 BOX_PLACEHOLDER = "<boxes>"
 IM_START, IM_END = "<im_start>", "<im_end>"
 
+# LLaVA's conversation templates "llava_v1" (the inference scripts) and "vicuna_v1" (what
+# LLaVA-3D's training scripts pass as --version): same roles and separators, the system
+# prompt differs in one word ("human" / "user").
 SYSTEM_PROMPT_V1 = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-# The click-prompt wording LLaVA-3D was fine-tuned with is not in the released code; this
-# one is ours (unverified against the training data).
-DEFAULT_DESCRIBE_QUESTION = f"Describe the object at {BOX_PLACEHOLDER} in detail."
+SYSTEM_PROMPT_VICUNA_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+# The click-prompt wording of the released training data and README (3D dense captioning).
+DEFAULT_DESCRIBE_QUESTION = (
+    f"The related object is located at {BOX_PLACEHOLDER}. Describe the object in detail."
+)
 
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 # A bracketed list of 3 numbers (point) or 6 (box), numbers separated by commas.
@@ -77,6 +85,20 @@ class ConversationTemplate:
 
 
 LLAVA_V1 = ConversationTemplate()
+VICUNA_V1 = ConversationTemplate(system=SYSTEM_PROMPT_VICUNA_V1)
+#: Templates by the names LLaVA's conversation module gives them.
+TEMPLATES: dict[str, ConversationTemplate] = {"vicuna_v1": VICUNA_V1, "llava_v1": LLAVA_V1}
+#: The one LLaVA-3D was trained with.
+DEFAULT_TEMPLATE = "vicuna_v1"
+
+
+def template_named(name: str) -> ConversationTemplate:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise LmmError(
+            f"unknown conversation template {name!r}; use one of {sorted(TEMPLATES)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -110,10 +132,11 @@ def build_prompt(
     *,
     location: Any = None,
     history: Sequence[tuple[str, str]] = (),
-    template: ConversationTemplate = LLAVA_V1,
+    template: ConversationTemplate = VICUNA_V1,
     use_im_start_end: bool = False,
 ) -> Prompt:
-    """Render one question (plus optional earlier turns) in the llava_v1 template.
+    """Render one question (plus optional earlier turns) in a LLaVA v1 template
+    (default: vicuna_v1, the one LLaVA-3D was trained with).
 
     Locations: coordinates written in the question (``[x,y,z]``) and/or ``location`` — one
     point (3,) or several (L, 3) — which fill literal ``<boxes>`` placeholders of the
