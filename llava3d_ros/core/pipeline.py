@@ -145,6 +145,13 @@ class LmmConfig:
         2560, "cap on scene tokens (deterministic, spatially fair)", 1, 100_000
     )
     max_new_tokens: int = option(256, "generated tokens when a goal asks for 0", 1, 8192)
+    object_context: int = option(
+        0,
+        "open questions carry the object layer's list (label, centre, size) as text, at "
+        "most this many objects, Chat-Scene style (0 = off; unverified with real weights)",
+        0,
+        500,
+    )
     scene_frame: str = option(
         "auto",
         "auto: scene tokens, clicks and answer boxes go through the frame LLaVA-3D was "
@@ -791,8 +798,20 @@ class ScenePipeline:
             t1 = time.perf_counter()
             frame = fit_scene_frame(torch.as_tensor(positions).detach().cpu().numpy())
             timings["scene_frame"] = time.perf_counter() - t1
+        text = question.strip()
+        if lc.object_context > 0 and self.objects is not None:
+            from llava3d_ros.core.lmm.prompt import object_context
+
+            listed = [
+                (o.label, o.aabb.center, o.aabb.size)
+                for o in self.objects.snapshot().instances
+                if o.has_feature
+            ][: lc.object_context]
+            context = object_context(listed, frame.to_scene if frame is not None else None)
+            if context:
+                text = f"{context}\n{text}"
         answer = self.lmm.answer(
-            question.strip(),
+            text,
             positions,
             features,
             location=location,

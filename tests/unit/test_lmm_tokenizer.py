@@ -421,3 +421,37 @@ def test_broken_tokenizer_files_are_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     with pytest.raises(CheckpointError, match="cannot load the tokenizer"):
         load_tokenizer(tmp_path)
+
+
+def _official_splice(tok: LlamaSentencePieceTokenizer, prompt: str) -> list[int]:
+    """LLaVA's ``tokenizer_image_token``, written from its definition and extended to the
+    ``<boxes>`` placeholder as LLaVA-3D does: every chunk between placeholders tokenized
+    *with* BOS, the first chunk's BOS kept, every other BOS cut, the placeholder's index
+    (-200 image, -300 boxes) in between."""
+    import re
+
+    pieces = re.split(r"(<image>|<boxes>)", prompt)
+    chunks = [tok(c)["input_ids"] for c in pieces[0::2]]
+    marks = [-200 if m == "<image>" else -300 for m in pieces[1::2]]
+    ids: list[int] = []
+    offset = 0
+    if chunks[0] and chunks[0][0] == tok.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        ids.extend(chunk[offset:])
+        if i < len(marks):
+            ids.append(marks[i])
+    return ids
+
+
+def test_prompt_splicing_matches_the_official_definition(sp_dir: Path) -> None:
+    tok = load_tokenizer(sp_dir)
+    prompts = [
+        build_prompt("What is on the table?"),
+        build_prompt("What is at <boxes> in detail?", location=[1.0, 2.0, 0.5]),
+        build_prompt("Compare [1,2,3] and <boxes> now.", location=[0.0, 0.0, 0.0]),
+        build_prompt("And the chair?", history=[("Is there a mug?", "Yes, one.")]),
+    ]
+    for p in prompts:
+        assert tokenize_prompt(tok, p.text) == _official_splice(tok, p.text), p.text

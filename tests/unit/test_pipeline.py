@@ -166,3 +166,70 @@ def test_a_count_is_never_below_what_ground_finds(bundle, monkeypatch) -> None: 
     assert rows() == []  # nothing ground would return: zero
     ranked[:] = [SimpleNamespace(index=i, score=s) for i, s in ((5, 0.9), (2, 0.6), (7, 0.3))]
     assert rows() == [5, 2]  # above the count threshold: only those
+
+
+def test_open_questions_get_the_scene_frame_and_the_object_list(bundle, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Plumbing only (a tiny random LLaVA-3D): the pipeline fits the scene frame to the
+    pooled tokens and, with lmm.object_context, puts the object list (scene-frame
+    centres, no brackets: they would be clicks) in front of the question."""
+    from dataclasses import replace
+
+    from llava3d_ros.core.lmm import Llava3DChat, load_llava3d
+    from llava3d_ros.core.objects.instances import ObjectInstance, ObjectSnapshot
+    from llava3d_ros.core.objects.labels import TopLabels
+    from llava3d_ros.core.spatial import Box3D
+    from tests.lmm_fixtures import make_tiny_checkpoint
+
+    dim = bundle.image.feature_dims["vision"]
+    chat = Llava3DChat(
+        *load_llava3d(make_tiny_checkpoint(tmp_path / "lmm", mm_hidden_size=dim), device="cpu")
+    )
+    cfg = pl.PipelineConfig.from_dict(
+        {
+            "memory": {"voxel_size": 0.1},
+            "keyframes": {"max_interval_s": 0.0},
+            "lmm": {"object_context": 5, "max_new_tokens": 2},
+        }
+    )
+    p = pl.ScenePipeline(cfg, bundle, lmm=chat)
+    rgb, depth = _frame()
+    p.process_frame(rgb, depth, K, _pose(100.0), 1.0)  # a map origin 100 m away
+    mug = ObjectInstance(
+        id=1,
+        role="object",
+        box=Box3D(np.array([100.2, 0.1, 2.0]), np.array([0.1, 0.1, 0.12])),
+        aabb=Box3D(np.array([100.2, 0.1, 2.0]), np.array([0.1, 0.1, 0.12])),
+        points=np.zeros((1, 3), np.float32),
+        colors=np.zeros((1, 3), np.float32),
+        support_id=0,
+        colour="red",
+        colour_fractions={},
+        labels=TopLabels(("mug",), (0.9,)),
+        first_seen=1.0,
+        last_seen=1.0,
+        observations=1,
+        has_feature=True,
+    )
+    unseen = replace(mug, id=2, labels=TopLabels((), ()), has_feature=False)
+    assert p.objects is not None
+    p.objects.snapshot = lambda: ObjectSnapshot(instances=(mug, unseen))  # type: ignore[method-assign]
+    seen: dict[str, object] = {}
+    answer = chat.answer
+
+    def recording(question: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        seen.update(question=question, frame=kwargs.get("frame"))
+        return answer(question, *args, **kwargs)  # type: ignore[arg-type]
+
+    chat.answer = recording  # type: ignore[method-assign]
+    out = p.ask_open("What is on the table?")
+    assert out.code == pl.OK and "scene_frame" in out.timings
+    frame = seen["frame"]
+    assert frame is not None
+    centre = frame.to_scene(np.array([[100.2, 0.1, 2.0]]))[0]  # type: ignore[attr-defined]
+    assert abs(centre[0]) < 5.0  # the 100 m are gone
+    question = str(seen["question"])
+    first, rest = question.split("\n", 1)
+    assert rest == "What is on the table?"
+    assert first.startswith("Objects in the scene") and "[" not in first
+    assert f"mug at ({centre[0]:.2f}, {centre[1]:.2f}, {centre[2]:.2f})" in first
+    assert first.count(" at (") == 1  # the unlabelled instance is left out

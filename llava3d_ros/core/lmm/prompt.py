@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,3 +265,26 @@ def parse_boxes(text: str) -> list[TextBox]:
             )
         )
     return out
+
+
+def object_context(
+    objects: Sequence[tuple[str, Any, Any]],  # (label, centre (3,), size (3,))
+    to_scene: Callable[[Any], Any] | None = None,
+) -> str:
+    """The object list as one line of text for the question (Chat-Scene's idea, as plain
+    text): ``label`` + centre + size per object, in metres, centres moved by ``to_scene``
+    ((N, 3) -> (N, 3)) so they match the scene tokens' frame. Numbers are written
+    without brackets: a bracketed triple in a question is a click (``<boxes>``)."""
+    if not objects:
+        return ""
+    centres = [tuple(float(v) for v in c) for _, c, _ in objects]
+    if to_scene is not None:
+        centres = [tuple(float(v) for v in row) for row in to_scene(centres)]
+    parts = []
+    for (label, _, size), c in zip(objects, centres, strict=True):
+        d = [float(v) for v in size]
+        parts.append(
+            f"{label} at ({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}), "
+            f"size {d[0]:.2f} x {d[1]:.2f} x {d[2]:.2f}"
+        )
+    return "Objects in the scene (centre x, y, z and size in metres): " + "; ".join(parts) + "."
