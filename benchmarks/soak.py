@@ -22,7 +22,7 @@
     ("slow"), garbage-collector pauses of 100 ms or more ("gc") and the collector's total
     pause ("gc ms"), so that a burst of backlog drops can be matched with its cause, and
     keyframe candidates skipped because a newer frame was ready ("supsd", the keyframe
-    policy's ``ingest.latest_wins``; not drops).
+    policy's ``ingest.max_lag_s``; not drops).
     At the end: RSS at the end of the warm-up and at the end, their ratio, the peak,
     the least-squares RSS trend after the warm-up (MB/min), and the first
     report after which RSS never rose more than 10 % above it (the plateau), next to

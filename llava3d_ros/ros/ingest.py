@@ -29,13 +29,14 @@ no colour or depth image ever did. The usual cause is an image larger than the D
 transport carries (Fast DDS's default shared-memory segment is 0.5 MB, a VGA RGB image
 0.9 MB): such images are silently never delivered, so no drop counter can show them.
 
-Live streams (``latest_wins``, on by default): a keyframe candidate is skipped as
-``superseded`` (counted, not a drop: the keyframe policy's choice) when a newer frame
-whose transform is already known waits behind it. When candidates come faster than the
-encoder takes them (a fast camera at 30 Hz on a small CPU), the encoder then always
-works on the newest view and the backlog never fills; before, it filled to
-``backlog`` frames, the worker integrated views 2 s old and dropped the oldest as
-``backlog_overflow`` (decision record 0008).
+Live streams (``max_lag_s``, 0.5 s by default): a keyframe candidate is skipped as
+``superseded`` (counted, not a drop: the keyframe policy's choice) when a frame stamped
+more than ``max_lag_s`` after it, whose transform is already known, waits behind it. A
+worker a frame or two behind catches up when the encoder has spare capacity; when
+candidates keep coming faster than the encoder takes them (a fast camera at 30 Hz on a
+small CPU), the memory lags the camera by at most ``max_lag_s`` and the backlog never
+fills. Before, it filled to ``backlog`` frames, the worker integrated views 2 s old and
+dropped the oldest as ``backlog_overflow`` (decision record 0008).
 
 No rclpy here beyond message types, so the worker is unit-tested in-process: feed it
 messages, call :meth:`IngestWorker.drain` and look at the pipeline and the telemetry.
@@ -107,7 +108,7 @@ class IngestConfig:
     max_translation_m: float = 1e5  # camera poses further from the map origin: bad_pose
     no_images_warn_s: float = 5.0  # camera info this long without any image: warn once
     slow_keyframe_s: float = 0.5  # a keyframe this slow is logged with its stage times
-    latest_wins: bool = True  # skip a candidate when a newer frame is ready (live streams)
+    max_lag_s: float = 0.5  # skip a candidate this far behind a ready frame (0 = never)
 
 
 class _PendingFrame:
@@ -313,7 +314,8 @@ class IngestWorker:
         # Oldest first; a frame waiting for TF blocks nothing behind it.
         still_waiting: collections.deque[_PendingFrame] = collections.deque()
         integrated = False
-        newest_ready: bool | None = None  # the newest waiting frame can be placed (lazy)
+        newest_ready: int | None = None  # stamp of the newest waiting frame if placeable
+        max_lag_ns = int(cfg.max_lag_s * 1e9)
         while pending:
             item = pending.popleft()
             frame = item.frame
@@ -333,9 +335,16 @@ class IngestWorker:
                     "bad_pose", f"{camera_frame} at {frame.stamp_ns * 1e-9:.3f} s: {problem}"
                 )
                 continue
-            if cfg.latest_wins and pending and newest_ready is None:
-                newest_ready = self._placeable(pending[-1].frame)
-            if self._integrate(frame, t_map_cam, superseded=bool(pending and newest_ready)):
+            if max_lag_ns > 0 and pending and newest_ready is None:
+                newest = pending[-1].frame
+                newest_ready = newest.stamp_ns if self._placeable(newest) else -1
+            superseded = (
+                max_lag_ns > 0
+                and bool(pending)
+                and newest_ready is not None
+                and newest_ready - frame.stamp_ns > max_lag_ns
+            )
+            if self._integrate(frame, t_map_cam, superseded=superseded):
                 integrated = True
                 break
         still_waiting.extend(pending)
@@ -381,8 +390,8 @@ class IngestWorker:
         self, frame: SyncedFrame[Any, Any, Any], t_map_cam: np.ndarray, superseded: bool = False
     ) -> bool:
         """True when the frame was a keyframe and went through the encoder (or failed in
-        lifting: then the tick is yielded like a keyframe). ``superseded``: a newer frame
-        is ready, so a keyframe candidate is skipped in its favour."""
+        lifting: then the tick is yielded like a keyframe). ``superseded``: a frame more
+        than ``max_lag_s`` newer is ready, so a keyframe candidate is skipped."""
         pipe = self.pipeline
         stamp_s = frame.stamp_ns * 1e-9
         if pipe.keyframes.check(t_map_cam, stamp_s) is None:
@@ -427,7 +436,7 @@ class IngestWorker:
             self.logger.warning(
                 f"slow keyframe: {total:.2f} s ("
                 + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
-                + f"); {len(self._pending)} frames waiting",
+                + f"); {self.sync.pending()[0]} colour images arrived meanwhile",
                 throttle_duration_sec=10.0,
             )
         return True

@@ -309,7 +309,7 @@ class Llava3DNode(LifecycleNode):
                 max_clock_skew_s=s.sync.max_clock_skew_s,
                 max_stamp_age_s=s.sync.max_stamp_age_s,
                 max_translation_m=s.tf.max_translation_m,
-                latest_wins=s.ingest.latest_wins,
+                max_lag_s=s.ingest.max_lag_s,
             ),
             self.get_logger(),
             now_ns=lambda: clock.now().nanoseconds,

@@ -101,11 +101,14 @@ class IngestSettings:
         0.001,
         1.0,
     )
-    latest_wins: bool = option(
-        True,
-        "skip a keyframe candidate when a newer frame is ready (counted as superseded): the "
-        "encoder works on the newest view and the backlog never fills; false integrates "
-        "every candidate in order (offline replays slower than the encoder)",
+    max_lag_s: float = option(
+        0.5,
+        "skip a keyframe candidate stamped this far before a frame that is ready to "
+        "integrate (counted as superseded, not dropped): the memory lags a fast camera by "
+        "at most this and the backlog never fills (0 = never skip: every candidate in "
+        "order, for offline replays slower than the encoder)",
+        0.0,
+        3600.0,
     )
     heap_trim_period_s: float = option(
         30.0,

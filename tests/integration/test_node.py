@@ -33,8 +33,8 @@ def write_params(tmp_path: Path, **overrides: object) -> Path:
         "keyframes": {"min_translation_m": 0.05, "max_interval_s": 0.0},
         "memory": {"voxel_size": 0.05},
         # Tests send bursts and count keyframes: every candidate in order, as a bag replay
-        # would (latest-wins, the live default, is unit-tested on the ingest worker).
-        "ingest": {"latest_wins": False},
+        # would (skipping stale candidates, the live default, is unit-tested on the worker).
+        "ingest": {"max_lag_s": 0.0},
     }
     for key, value in overrides.items():
         node = params

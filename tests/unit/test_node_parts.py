@@ -271,7 +271,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
 
 def _worker(
-    bundle: Any, now: list[float], latest_wins: bool = True
+    bundle: Any, now: list[float], max_lag_s: float = 0.5
 ) -> tuple[IngestWorker, _Tf, Telemetry]:
     cfg = pl.PipelineConfig.from_dict(
         {"memory": {"voxel_size": 0.1}, "keyframes": {"max_interval_s": 0.0}}
@@ -282,30 +282,35 @@ def _worker(
         tf,
         RgbdSynchronizer(),
         tel,
-        IngestConfig(map_frame="map", tf_timeout_s=1.0, latest_wins=latest_wins),
+        IngestConfig(map_frame="map", tf_timeout_s=1.0, max_lag_s=max_lag_s),
         _Log(),
         clock=lambda: now[0],
     )
     return worker, tf, tel
 
 
-def _queue_frames(worker: IngestWorker, tf: _Tf, stamps_s: list[int], with_tf: bool = True) -> None:
-    """Frames 0.5 m apart (each a keyframe candidate), queued without draining."""
-    for k in stamps_s:
+def _queue_frames(
+    worker: IngestWorker, tf: _Tf, stamps_s: list[float], with_tf: bool = True
+) -> None:
+    """Frames 2 m apart per second of stamp (each a keyframe candidate), queued
+    without draining."""
+    for t in stamps_s:
+        stamp = round(t * S)
         if with_tf:
-            tf.poses[k * S] = make_transform([0.5 * k, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
-        color, depth, info = _images(k * S)
+            tf.poses[stamp] = make_transform([2.0 * t, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
+        color, depth, info = _images(stamp)
         worker.on_camera_info(info)
         worker.on_depth(depth)
         worker.on_color(color)
 
 
-def test_latest_wins_skips_candidates_a_newer_ready_frame_supersedes(tiny_bundle: Any) -> None:
-    """Before: five candidates queued behind a busy encoder were all encoded in order, and
-    at 30 Hz the backlog filled and overflowed (drops). Now the newest ready one wins and
-    the older ones are counted as superseded (the keyframe policy's choice, not drops)."""
+def test_stale_candidates_are_superseded_by_a_ready_newer_frame(tiny_bundle: Any) -> None:
+    """Before: candidates queued behind a busy encoder were all encoded in order, and at
+    30 Hz the backlog filled and overflowed (drops). Now a candidate more than max_lag_s
+    behind a frame that is ready is counted as superseded (the keyframe policy's
+    choice, not a drop); within max_lag_s the worker catches up in order."""
     now = [0.0]
-    worker, tf, tel = _worker(tiny_bundle, now)
+    worker, tf, tel = _worker(tiny_bundle, now, max_lag_s=0.5)
     _queue_frames(worker, tf, [10, 11, 12, 13, 14])
     while worker.drain():
         pass
@@ -313,16 +318,22 @@ def test_latest_wins_skips_candidates_a_newer_ready_frame_supersedes(tiny_bundle
     assert snap.counters["keyframes"] == 1 and snap.counters["superseded"] == 4
     assert not snap.drops
     assert worker.pipeline.keyframes._last_stamp == pytest.approx(14.0)  # the newest
+    # A frame or two behind, within max_lag_s: integrated in order (catching up).
+    _queue_frames(worker, tf, [20.0, 20.2, 20.4])
+    while worker.drain():
+        pass
+    snap = tel.snapshot()
+    assert snap.counters["keyframes"] == 4 and snap.counters["superseded"] == 4
     # A newer frame whose transform has not arrived yet does not supersede a ready one
     # (a lagging TF must not starve the encoder).
-    _queue_frames(worker, tf, [15])
-    _queue_frames(worker, tf, [16], with_tf=False)
+    _queue_frames(worker, tf, [25])
+    _queue_frames(worker, tf, [26], with_tf=False)
     worker.drain()
     snap = tel.snapshot()
-    assert snap.counters["keyframes"] == 2 and snap.counters["superseded"] == 4
+    assert snap.counters["keyframes"] == 5 and snap.counters["superseded"] == 4
     assert worker.pending_tf_frames == 1
-    # Off: every candidate is integrated in order (offline replay slower than the encoder).
-    worker2, tf2, tel2 = _worker(tiny_bundle, now, latest_wins=False)
+    # Off (0): every candidate in order (offline replay slower than the encoder).
+    worker2, tf2, tel2 = _worker(tiny_bundle, now, max_lag_s=0.0)
     _queue_frames(worker2, tf2, [10, 11, 12])
     while worker2.drain():
         pass
@@ -332,7 +343,7 @@ def test_latest_wins_skips_candidates_a_newer_ready_frame_supersedes(tiny_bundle
 
 def test_ingest_worker_integrates_keyframes_and_counts_drops(tiny_bundle: Any) -> None:
     now = [0.0]
-    worker, tf, tel = _worker(tiny_bundle, now, latest_wins=False)
+    worker, tf, tel = _worker(tiny_bundle, now, max_lag_s=0.0)
     for i in range(3):
         stamp = (10 + i) * S
         tf.poses[stamp] = make_transform([0.5 * i, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0])
