@@ -314,8 +314,11 @@ class IngestWorker:
         # Oldest first; a frame waiting for TF blocks nothing behind it.
         still_waiting: collections.deque[_PendingFrame] = collections.deque()
         integrated = False
-        newest_ready: int | None = None  # stamp of the newest waiting frame if placeable
         max_lag_ns = int(cfg.max_lag_s * 1e9)
+        # Stamp of the newest waiting frame if it could be integrated now: looked up once,
+        # when the first candidate with frames behind it is reached (never when off).
+        newest_stamp: int | None = None
+        looked_up = max_lag_ns <= 0
         while pending:
             item = pending.popleft()
             frame = item.frame
@@ -335,15 +338,11 @@ class IngestWorker:
                     "bad_pose", f"{camera_frame} at {frame.stamp_ns * 1e-9:.3f} s: {problem}"
                 )
                 continue
-            if max_lag_ns > 0 and pending and newest_ready is None:
+            if not looked_up and pending:
+                looked_up = True
                 newest = pending[-1].frame
-                newest_ready = newest.stamp_ns if self._placeable(newest) else -1
-            superseded = (
-                max_lag_ns > 0
-                and bool(pending)
-                and newest_ready is not None
-                and newest_ready - frame.stamp_ns > max_lag_ns
-            )
+                newest_stamp = newest.stamp_ns if self._placeable(newest) else None
+            superseded = newest_stamp is not None and newest_stamp - frame.stamp_ns > max_lag_ns
             if self._integrate(frame, t_map_cam, superseded=superseded):
                 integrated = True
                 break

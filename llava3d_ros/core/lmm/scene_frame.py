@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from .prompt import TextBox
 
@@ -71,16 +72,9 @@ class SceneFrame:
 
 
 def _rotation_to_z(normal: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit ``normal`` to +z (Rodrigues)."""
-    n = normal / np.linalg.norm(normal)
-    z = np.array([0.0, 0.0, 1.0])
-    axis = np.cross(n, z)
-    s, c = float(np.linalg.norm(axis)), float(np.dot(n, z))
-    if s < 1e-12:
-        return np.eye(3) if c > 0 else np.diag([1.0, -1.0, -1.0])
-    k = axis / s
-    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.eye(3) + s * kx + (1.0 - c) * (kx @ kx)
+    """The smallest rotation taking unit ``normal`` (z > 0) to +z."""
+    up = np.array([[0.0, 0.0, 1.0]])
+    return np.asarray(Rotation.align_vectors(up, normal[None])[0].as_matrix())
 
 
 def fit_floor(

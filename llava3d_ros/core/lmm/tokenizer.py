@@ -68,11 +68,11 @@ class LlamaSentencePieceTokenizer:
         self.bos_token, self.eos_token = bos_token, eos_token
         self.unk_token, self.pad_token = unk_token, pad_token
         proto = self.model_file.read_bytes()
-        self.sp_model = spm.SentencePieceProcessor(model_proto=proto)
         if not legacy:
             # The non-legacy slow tokenizer turns the model's dummy prefix off and adds
             # the word boundary itself, once, at the start of the text.
-            self.sp_model = spm.SentencePieceProcessor(model_proto=_without_dummy_prefix(proto))
+            proto = _without_dummy_prefix(proto)
+        self.sp_model = spm.SentencePieceProcessor(model_proto=proto)
         base = self.sp_model.get_piece_size()
         self.added_tokens = {str(k): int(v) for k, v in (added_tokens or {}).items()}
         bad = {k: v for k, v in self.added_tokens.items() if v < base and self._piece_id(k) != v}
@@ -105,6 +105,8 @@ class LlamaSentencePieceTokenizer:
         special = _read_json(d / SPECIAL_TOKENS_MAP)
         added = _read_json(d / ADDED_TOKENS)
 
+        legacy = config.get("legacy")  # transformers 4 read a missing one as true
+
         def token(name: str, default: str | None) -> str | None:
             if name in config:
                 return _token_text(config[name])
@@ -120,8 +122,7 @@ class LlamaSentencePieceTokenizer:
             pad_token=token("pad_token", None),
             add_bos_token=bool(config.get("add_bos_token", True)),
             add_eos_token=bool(config.get("add_eos_token", False)),
-            # transformers 4 read a missing "legacy" as true (with a warning).
-            legacy=bool(config.get("legacy", True) if config.get("legacy") is not None else True),
+            legacy=True if legacy is None else bool(legacy),
             added_tokens={str(k): int(v) for k, v in added.items()},
             init_kwargs=config,
         )
