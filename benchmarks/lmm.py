@@ -131,12 +131,70 @@ def bench(
     return out
 
 
+def memory_7b(max_new_tokens: int = 512) -> None:
+    """Both tiers at the released 7B shape, counted on the meta device (nothing allocated):
+    weights + KV cache per the loader's own estimate, plus the CLIP ViT-L/14-336 tower."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava3d_ros.core.lmm import estimate_memory
+    from llava3d_ros.core.lmm.checkpoint import PROMPT_TOKEN_ALLOWANCE, model_for_config
+    from tests.lmm_fixtures import tiny_config_2d
+
+    shape = LLAVA_7B
+    kw = {
+        "hidden_size": shape.hidden,
+        "num_layers": shape.layers,
+        "num_heads": shape.heads,
+        "intermediate_size": shape.ffn,
+        "mm_hidden_size": CLIP_WIDTH,
+    }
+    clip = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    )
+    with torch.device("meta"):
+        tower = CLIPVisionModel(clip)
+        models = {
+            "LLaVA-3D (scene)": (
+                model_for_config(tiny_config(VOCAB, **kw), SCENE_TOKENS, None),
+                2560,
+            ),
+            "LLaVA-1.5 / Spatial-LLaVA (view)": (
+                model_for_config(tiny_config_2d(VOCAB, **kw), SCENE_TOKENS, None),
+                576,
+            ),
+        }
+    gib = 2.0**30
+    tower_gib = sum(p.numel() for p in tower.parameters()) * 2 / gib
+    total = 0.0
+    print(f"bf16, max_new_tokens {max_new_tokens}, prompt allowance {PROMPT_TOKEN_ALLOWANCE}")
+    for name, (model, visual) in models.items():
+        est = estimate_memory(
+            model, torch.bfloat16, visual + PROMPT_TOKEN_ALLOWANCE + max_new_tokens
+        )
+        total += est.total_bytes / gib
+        print(f"  {name}: {est}")
+    print(f"  CLIP ViT-L/14-336 vision tower: {tower_gib:.2f} GiB (one copy when shared)")
+    print(
+        f"  both tiers: {total + tower_gib:.2f} GiB with the tower shared, "
+        f"{total + 2 * tower_gib:.2f} GiB with two towers (activations not included)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--skip-cpu", action="store_true", help="only the CUDA 7B-shape run")
+    ap.add_argument("--memory", action="store_true", help="only print the 7B memory of both tiers")
     args = ap.parse_args()
+    if args.memory:
+        memory_7b()
+        return
     import transformers
 
     print(

@@ -193,3 +193,77 @@ def make_tiny_checkpoint(
     tokenizer = make_word_tokenizer(words)
     model = make_tiny_model(len(tokenizer), seed=seed, std=std, **config_kw)
     return write_official_checkpoint(model, tokenizer, path, shards=shards)
+
+
+# -- the LLaVA-1.5 family (2D: Spatial-LLaVA and the like) -------------------------------------
+
+
+def tiny_config_2d(vocab_size: int, *, mm_vision_tower: str = "", **kw: Any) -> LlavaConfig:
+    """A LLaVA-1.5-shaped config: no video tower, ``image_aspect_ratio: pad``, the keys
+    LLaVA-1.5's config.json carries (``mm_use_im_patch_token``, ``tune_mm_mlp_adapter``...)."""
+    base = tiny_config(vocab_size, **kw)
+    return LlavaConfig(
+        llama=base.llama,
+        mm_hidden_size=base.mm_hidden_size,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_tower=mm_vision_tower or "openai/clip-vit-large-patch14-336",
+        mm_video_tower=None,
+        mm_vision_select_layer=-2,
+        image_aspect_ratio="pad",
+        extra={
+            "mm_use_im_patch_token": False,
+            "tune_mm_mlp_adapter": False,
+            "freeze_mm_mlp_adapter": False,
+            "use_cache": True,
+        },
+    )
+
+
+def make_tiny_model_2d(vocab_size: int, seed: int = 0, std: float = 0.2, **kw: Any) -> Any:
+    from llava3d_ros.core.lmm.model import Llava2DModel
+
+    model = Llava2DModel(tiny_config_2d(vocab_size, **kw))
+    return randomize_(model, seed, std).eval()
+
+
+def to_pytorch_bin(directory: Path, clip_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Rewrite a checkpoint's safetensors shards as LLaVA-1.5's release ships them:
+    ``pytorch_model-0000i-of-0000N.bin`` + ``pytorch_model.bin.index.json``, plus (as
+    that release does) a copy of the CLIP tower under ``model.vision_tower.*``."""
+    import json
+
+    from safetensors.torch import load_file
+
+    shards = sorted(directory.glob("model*.safetensors"))
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards, 1):
+        tensors = load_file(str(shard))
+        if i == len(shards) and clip_tensors:
+            tensors.update(clip_tensors)
+        name = f"pytorch_model-{i:05d}-of-{len(shards):05d}.bin"
+        torch.save(tensors, directory / name)
+        weight_map.update(dict.fromkeys(tensors, name))
+        shard.unlink()
+    (directory / "model.safetensors.index.json").unlink(missing_ok=True)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return directory
+
+
+def make_tiny_checkpoint_2d(
+    path: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    shards: int = 2,
+    std: float = 0.2,
+    tokenizer: Any = None,
+    never_eos: bool = False,
+    **config_kw: Any,
+) -> Path:
+    """Write a tiny random LLaVA-1.5-family checkpoint (safetensors) + tokenizer."""
+    tokenizer = tokenizer or make_word_tokenizer()
+    model = make_tiny_model_2d(len(tokenizer), seed=seed, std=std, **config_kw)
+    if never_eos:  # greedy generation runs to max_new_tokens (see model_fixtures)
+        with torch.no_grad():
+            model.llm.lm_head.weight[tokenizer.eos_token_id] = 0.0
+    return write_official_checkpoint(model, tokenizer, path, shards=shards)

@@ -79,3 +79,18 @@ def make_tiny_lmm(out: Path, seed: int = 0, never_eos: bool = True) -> Path:
         with torch.no_grad():
             model.llm.lm_head.weight[tokenizer.eos_token_id] = 0.0
     return write_official_checkpoint(model, tokenizer, out, shards=2)
+
+
+def make_tiny_view_lmm(out: Path, clip: Path, seed: int = 1) -> Path:
+    """A LLaVA-1.5-family checkpoint (Spatial-LLaVA's layout) whose vision tower is the
+    tiny CLIP at ``clip`` (its ``mm_vision_tower``); greedy answers never end early."""
+    from tests.lmm_fixtures import make_tiny_checkpoint_2d
+
+    return make_tiny_checkpoint_2d(
+        out,
+        seed=seed,
+        mm_hidden_size=CLIP_WIDTH,
+        mm_vision_tower=str(clip),
+        max_position_embeddings=16384,
+        never_eos=True,
+    )

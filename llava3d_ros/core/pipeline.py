@@ -56,6 +56,7 @@ from llava3d_ros.core.questions import (
 )
 from llava3d_ros.core.referring import ReferringExpression, parse_expression
 from llava3d_ros.core.spatial import Box3D, Viewpoint
+from llava3d_ros.core.views import KeyframeView, ViewRing
 
 # Outcome codes shared by every front end (the node maps them to action constants).
 OK = "ok"
@@ -161,6 +162,22 @@ class LmmConfig:
     )
 
 
+@dataclass(frozen=True)
+class ViewConfig:
+    ring_size: int = option(
+        8, "keyframe images kept for view questions (colour + depth + pose each)", 1, 1000
+    )
+    frame_choice: str = option(
+        "latest",
+        "which kept keyframe a view question is asked about: latest, or facing (the one "
+        "that sees the object the question grounds to most squarely; latest when none)",
+        choices=("latest", "facing"),
+    )
+    max_new_tokens: int = option(
+        256, "generated tokens for a view answer when a goal asks for 0", 1, 8192
+    )
+
+
 @dataclass
 class LmmOutcome:
     code: str
@@ -170,6 +187,8 @@ class LmmOutcome:
     num_tokens: int = 0
     scene_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""  # the checkpoint that answered
+    view_stamp_ns: int = 0  # view answers: the stamp of the keyframe asked about
 
 
 #: Configuration section name -> dataclass: the ``<section>.<field>`` parameters.
@@ -180,6 +199,7 @@ PIPELINE_SECTIONS: dict[str, type] = {
     "grounding": GroundingConfig,
     "query": QueryConfig,
     "lmm": LmmConfig,
+    "view": ViewConfig,
     "objects": ObjectConfig,
     "object_grounding": ObjectGroundingConfig,
     "geometry": GeometryConfig,
@@ -197,6 +217,7 @@ class PipelineConfig:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     lmm: LmmConfig = field(default_factory=LmmConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
     objects: ObjectConfig = field(default_factory=ObjectConfig)
     object_grounding: ObjectGroundingConfig = field(default_factory=ObjectGroundingConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
@@ -271,12 +292,18 @@ def _resolve_device(name: str) -> torch.device:
 
 
 class ScenePipeline:
-    def __init__(self, config: PipelineConfig, bundle: EncoderBundle, lmm: Any = None):
+    def __init__(
+        self, config: PipelineConfig, bundle: EncoderBundle, lmm: Any = None, view: Any = None
+    ):
         """``lmm``: an optional ``core.lmm.Llava3DChat`` for open questions; its scene
-        features are the memory's VISION kind, so their widths must agree."""
+        features are the memory's VISION kind, so their widths must agree. ``view``: an
+        optional ``core.lmm.ViewAnswerer`` (a 2D model) for questions about the latest
+        keyframes' images, which are then kept in a ring (``view.ring_size``)."""
         self.config = config
         self.bundle = bundle
         self.lmm = lmm
+        self.view = view
+        self.views: ViewRing | None = ViewRing(config.view.ring_size) if view is not None else None
         if lmm is not None:
             want = int(lmm.model.config.mm_hidden_size)
             have = bundle.image.feature_dims.get(VISION)
@@ -303,6 +330,8 @@ class ScenePipeline:
         self._text_lock = threading.Lock()  # text encoders are not re-entrant
         self._ingest_lock = threading.Lock()
         self._encoder_lock = threading.Lock()  # ingest and crops: one encoder call at a time
+        if view is not None and view.tower is bundle.image:
+            view.tower_lock = self._encoder_lock  # the view tier shares the memory's CLIP
         self.vocabulary: LabelVocabulary | None = None
         self.objects: ObjectMap | None = None
         if config.objects.enabled:
@@ -386,8 +415,10 @@ class ScenePipeline:
         stamp_s: float,
         robot_position: np.ndarray | None = None,
         force: bool = False,
+        stamp_ns: int | None = None,
     ) -> FrameOutcome:
-        """Integrate one RGB-D frame if it is a keyframe (or ``force``)."""
+        """Integrate one RGB-D frame if it is a keyframe (or ``force``). ``stamp_ns``: the
+        exact header stamp, reported by view answers (default: from ``stamp_s``)."""
         if rgb.shape[:2] != depth_m.shape[:2]:
             raise FrameError(
                 "size_mismatch",
@@ -457,6 +488,9 @@ class ScenePipeline:
                     self.bundle.image.geometry,
                 )
                 timings["objects"] = time.perf_counter() - t0
+            if self.views is not None:
+                exact = stamp_ns if stamp_ns is not None else round(stamp_s * 1e9)
+                self.views.add(exact, rgb, depth, intrinsics, t_map_camera)
             self.keyframes.accept(t_map_camera, stamp_s)
             return FrameOutcome(reason, len(lifted), stats, timings)
 
@@ -836,7 +870,75 @@ class ScenePipeline:
             answer.num_tokens,
             int(answer.scene_tokens),
             timings,
+            model=str(getattr(self.lmm, "name", "")),
         )
+
+    def ask_view(
+        self,
+        question: str,
+        *,
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 0.0,
+        on_text: Callable[[str], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> LmmOutcome:
+        """A question about what the camera sees, answered by the 2D model from one kept
+        keyframe image (the latest, or with ``view.frame_choice: facing`` the one that
+        best sees the object the question grounds to). The outcome names the keyframe's
+        stamp and the model."""
+        if self.view is None or self.views is None:
+            return LmmOutcome(
+                MODEL_UNAVAILABLE,
+                "a view question needs a LLaVA-1.5-family model; set view.checkpoint",
+            )
+        problem = self.check_query(question)
+        if problem:
+            return LmmOutcome(BAD_QUERY, problem)
+        t0 = time.perf_counter()
+        chosen, note = self._view_for(question)
+        if chosen is None:
+            return LmmOutcome(EMPTY_MEMORY, "no keyframe has been integrated yet")
+        timings = {"choose_view": time.perf_counter() - t0}
+        vc = self.config.view
+        answer, encode_s = self.view.answer(
+            question.strip(),
+            chosen.rgb,
+            max_new_tokens=max_new_tokens if max_new_tokens > 0 else vc.max_new_tokens,
+            temperature=float(temperature),
+            top_p=top_p if top_p > 0 else None,
+            on_text=on_text,
+            cancel=cancel,
+        )
+        timings.update(encode=encode_s, prefill=answer.prefill_s, total=time.perf_counter() - t0)
+        code = CANCELED if answer.cancelled else OK
+        return LmmOutcome(
+            code,
+            "cancelled" if answer.cancelled else note,
+            answer.text,
+            [],
+            answer.num_tokens,
+            int(answer.scene_tokens),
+            timings,
+            model=str(self.view.name),
+            view_stamp_ns=chosen.stamp_ns,
+        )
+
+    def _view_for(self, question: str) -> tuple[KeyframeView | None, str]:
+        """(the kept keyframe to ask about, a note on the choice)."""
+        assert self.views is not None
+        latest = self.views.latest()
+        if latest is None or self.config.view.frame_choice == "latest":
+            return latest, ""
+        target = self.ground(question, 1, 0.0)
+        if target.code != OK or not target.boxes:
+            return latest, "no object grounded: asked about the latest keyframe"
+        facing = self.views.facing(target.boxes[0].center)
+        if facing is None:
+            return latest, (
+                f"no kept keyframe sees the {target.boxes[0].label}: asked about the latest"
+            )
+        return facing, ""
 
     # ------------------------------------------------------------------ memory admin
 
@@ -888,6 +990,8 @@ class ScenePipeline:
     def clear(self) -> int:
         with self._ingest_lock:
             self.keyframes.reset()
+            if self.views is not None:
+                self.views.clear()
             if self.objects is not None:
                 self.objects.clear()
             return self.memory.clear()

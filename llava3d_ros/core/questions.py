@@ -311,6 +311,29 @@ def parse_question(question: str) -> ParsedQuestion | None:
     return None
 
 
+# What marks a question as being about the current camera view rather than the scene:
+# the viewer as an anchor, seeing/looking, the image itself, or "now".
+_VIEW_RE = re.compile(
+    r"\b(?:"
+    r"(?:in front of|ahead of) (?:me|you|us|the robot|the camera)"
+    r"|(?:do|can|could) (?:you|i|we) see|you see|i see|we see"
+    r"|looking at|facing (?:me|you|us)"
+    r"|(?:in|within|into) (?:the |your |my |this )?(?:view|field of view|image|picture|"
+    r"frame|photo|sight|shot)"
+    r"|visible|on camera"
+    r"|(?:the|this|your|my) (?:camera|image|picture|photo|view)"
+    r"|right now|currently|at the moment"
+    r")\b"
+)
+
+
+def is_view_question(question: str) -> bool:
+    """Whether ``question`` asks about what the camera sees now ("what is in front of me",
+    "can you see a cup", "what colour is the mug in this image"), which a 2D model answers
+    from the latest keyframe, rather than about the remembered scene."""
+    return _VIEW_RE.search(" ".join(normalise_tokens(question))) is not None
+
+
 def _fmt_point(p: Iterable[float]) -> str:
     return "(" + ", ".join(f"{v:.2f}" for v in p) + ")"
 

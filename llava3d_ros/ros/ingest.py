@@ -407,7 +407,9 @@ class IngestWorker:
             intr = self._intrinsics(frame.info)
             t_convert = time.perf_counter() - t0
             robot = self._robot_position(frame.stamp_ns)
-            outcome = pipe.process_frame(rgb, depth, intr, t_map_cam, stamp_s, robot)
+            outcome = pipe.process_frame(
+                rgb, depth, intr, t_map_cam, stamp_s, robot, stamp_ns=frame.stamp_ns
+            )
         except ImageConversionError as exc:
             self._drop(exc.reason, str(exc))
             return False

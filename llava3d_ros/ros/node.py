@@ -201,7 +201,8 @@ class Llava3DNode(LifecycleNode):
             self.get_logger().info(f"loading encoder {encoder_config}")
             bundle = create_encoders(encoder_config)
             lmm = self._load_lmm(settings, config)
-            pipe = pl.ScenePipeline(config, bundle, lmm)
+            view = self._load_view(settings, bundle)
+            pipe = pl.ScenePipeline(config, bundle, lmm, view)
         except (EncoderError, ValueError, OSError, RuntimeError, KeyError) as exc:
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
@@ -278,6 +279,25 @@ class Llava3DNode(LifecycleNode):
             max_scene_tokens=config.lmm.max_scene_tokens,
             template=lmm.template,
         )
+
+    def _load_view(self, settings: P.NodeSettings, bundle: Any) -> Any:
+        view = settings.view
+        if not view.checkpoint:
+            return None
+        from llava3d_ros.core.lmm import ViewAnswerer
+
+        self.get_logger().info(f"loading the view model (LLaVA-1.5 family) from {view.checkpoint}")
+        answerer = ViewAnswerer.load(
+            view.checkpoint,
+            vision_tower=view.vision_tower,
+            shared_tower=bundle.image if view.share_vision_tower else None,
+            device=None if view.device == "auto" else view.device,
+            dtype=None if view.dtype == "auto" else view.dtype,
+            template=view.template,
+        )
+        shared = "shared with the memory" if answerer.shared else "its own"
+        self.get_logger().info(f"view model ready; vision tower: {shared}")
+        return answerer
 
     @_logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -204,6 +204,43 @@ class LmmLoading:
 
 
 @dataclass(frozen=True)
+class ViewLoading:
+    """``view.*`` parameters that say which 2D model to load (the rest are in
+    ``ViewConfig``)."""
+
+    checkpoint: str = option(
+        "",
+        "LLaVA-1.5-family checkpoint directory (official layout: LLaVA-1.5, Spatial-LLaVA) "
+        "for questions about what the camera sees now (empty = none)",
+    )
+    vision_tower: str = option(
+        "",
+        "CLIP directory (or cached repo id) of the view model's vision tower (empty = the "
+        "checkpoint's mm_vision_tower, from the Hugging Face cache)",
+    )
+    share_vision_tower: bool = option(
+        True,
+        "use the memory's hf_clip encoder as the view model's vision tower when it gives the "
+        "features the model was trained on (one copy of CLIP); false = always load its own",
+    )
+    device: str = option(
+        "auto",
+        "device of the view model and its tower (auto = cuda when available)",
+        choices=("auto", "cpu", "cuda"),
+    )
+    dtype: str = option(
+        "auto",
+        "auto (bf16/fp16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
+    template: str = option(
+        "llava_v1",
+        "conversation template: llava_v1 (LLaVA-1.5's) or vicuna_v1",
+        choices=("llava_v1", "vicuna_v1"),
+    )
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     """What the node itself reads from its parameters (the pipeline gets PipelineConfig)."""
 
@@ -216,6 +253,7 @@ class NodeSettings:
     snapshot: SnapshotSettings = dataclasses.field(default_factory=SnapshotSettings)
     encoder: EncoderChoice = dataclasses.field(default_factory=EncoderChoice)
     lmm: LmmLoading = dataclasses.field(default_factory=LmmLoading)
+    view: ViewLoading = dataclasses.field(default_factory=ViewLoading)
 
 
 #: (parameter prefix, NodeSettings attribute, dataclass), in params-file order.
@@ -229,6 +267,7 @@ NODE_SECTIONS: tuple[tuple[str, str, type], ...] = (
     ("snapshot.", "snapshot", SnapshotSettings),
     ("encoder.", "encoder", EncoderChoice),
     ("lmm.", "lmm", LmmLoading),
+    ("view.", "view", ViewLoading),
 )
 
 
@@ -269,6 +308,8 @@ def _build_table() -> tuple[ParamSpec, ...]:
             specs += _specs("query.", AdmissionSettings)
         if section == "lmm":
             specs += _specs("lmm.", LmmLoading)
+        if section == "view":
+            specs += _specs("view.", ViewLoading)
     specs += _specs("", OutputSettings) + _specs("snapshot.", SnapshotSettings)
     specs += _specs("encoder.", EncoderChoice)
     names = [s.name for s in specs]

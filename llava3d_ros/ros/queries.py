@@ -31,11 +31,12 @@ from llava3d_interfaces.msg import GroundedObject
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.duration import Duration
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_services_default
+from rclpy.time import Time
 from std_msgs.msg import Header
 
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.geometry import transform_points
-from llava3d_ros.core.questions import parse_question
+from llava3d_ros.core.questions import is_view_question, parse_question
 from llava3d_ros.core.spatial import Box3D, Viewpoint
 from llava3d_ros.ros.conversions import fill_box_pose
 from llava3d_ros.ros.objects import instance_cloud
@@ -54,6 +55,10 @@ ERROR_NAMES = {
 
 #: Outcome of a goal's work: (error code constant name, message).
 Outcome = tuple[str, str]
+
+#: Ask goal modes: auto routes (view question + view model -> view; spatial -> geometry;
+#: open -> the 3D model, or the view model when only that one is configured).
+ASK_MODES = ("auto", "geometry", "lmm", "view")
 
 
 class GoalSlots:
@@ -104,8 +109,8 @@ validate_segment = validate_ground
 
 def validate_ask(goal: Any, pipe: pl.ScenePipeline) -> str | None:
     mode = goal.mode or "auto"
-    if mode not in ("auto", "geometry", "lmm"):
-        return f"mode {mode!r}: use auto, geometry or lmm"
+    if mode not in ASK_MODES:
+        return f"mode {mode!r}: use {', '.join(ASK_MODES)}"
     problem = pipe.check_query(goal.question)
     if problem:
         return problem
@@ -339,8 +344,13 @@ class QueryServer:
         except TransformUnavailableError as exc:
             return "TRANSFORM_FAILED", str(exc)
         result.header = self._header(frame_id)
-        parsed = parse_question(goal.question) if mode != "lmm" else None
-        if parsed is not None and not self.pipeline.can_answer(parsed):
+        pipe = self.pipeline
+        if mode == "view" or (
+            mode == "auto" and pipe.view is not None and is_view_question(goal.question)
+        ):
+            return self._ask_model(goal_handle, goal, result, t_target_map, view=True)
+        parsed = parse_question(goal.question) if mode in ("auto", "geometry") else None
+        if parsed is not None and not pipe.can_answer(parsed):
             parsed = None  # an object-list question without the object layer: open question
         if parsed is None:
             if mode == "geometry":
@@ -350,9 +360,11 @@ class QueryServer:
                     "on, next to, between, how far, which is bigger, how big, how many, what "
                     "is on, what colour, list the objects)",
                 )
-            return self._ask_lmm(goal_handle, goal, result, t_target_map)
+            # An open question: the 3D model, or the view model when it is the only one.
+            view = mode == "auto" and pipe.lmm is None and pipe.view is not None
+            return self._ask_model(goal_handle, goal, result, t_target_map, view=view)
         goal_handle.publish_feedback(Ask.Feedback(stage="grounding", partial_answer=""))
-        code, answer, message = self.pipeline.ask_spatial(
+        code, answer, message = pipe.ask_spatial(
             parsed, self._viewpoint(), cancel=lambda: goal_handle.is_cancel_requested
         )
         result.answered_by = Ask.Result.ANSWERED_BY_GEOMETRY
@@ -362,9 +374,12 @@ class QueryServer:
         goal_handle.publish_feedback(Ask.Feedback(stage="done", partial_answer=result.answer))
         return ERROR_NAMES[code], message
 
-    def _ask_lmm(self, goal_handle: Any, goal: Any, result: Any, t_target_map: Any) -> Outcome:
-        """An open question streamed from the language model: feedback carries the
-        answer so far; cancel stops generation between tokens."""
+    def _ask_model(
+        self, goal_handle: Any, goal: Any, result: Any, t_target_map: Any, *, view: bool
+    ) -> Outcome:
+        """An answer streamed from a language model, the 3D one over the scene memory or
+        (``view``) the 2D one over a kept keyframe image: feedback carries the answer so
+        far; cancel stops generation between tokens."""
         partial: list[str] = []
 
         def on_text(delta: str) -> None:
@@ -373,8 +388,10 @@ class QueryServer:
                 Ask.Feedback(stage="generating", partial_answer="".join(partial))
             )
 
-        goal_handle.publish_feedback(Ask.Feedback(stage="prefill", partial_answer=""))
-        out = self.pipeline.ask_open(
+        stage = "encoding_view" if view else "prefill"
+        goal_handle.publish_feedback(Ask.Feedback(stage=stage, partial_answer=""))
+        ask = self.pipeline.ask_view if view else self.pipeline.ask_open
+        out = ask(
             goal.question,
             max_new_tokens=int(goal.max_new_tokens),
             temperature=float(goal.temperature),
@@ -383,7 +400,10 @@ class QueryServer:
             cancel=lambda: goal_handle.is_cancel_requested,
         )
         result.answer = out.text
-        result.answered_by = Ask.Result.ANSWERED_BY_LMM
+        result.answered_by = Ask.Result.ANSWERED_BY_VIEW if view else Ask.Result.ANSWERED_BY_LMM
+        result.model = out.model
+        if out.view_stamp_ns:
+            result.view_stamp = Time(nanoseconds=out.view_stamp_ns).to_msg()
         result.generated_tokens = out.num_tokens
         result.objects = self.to_msgs(out.boxes, t_target_map)
         return ERROR_NAMES[out.code], out.message

@@ -20,6 +20,7 @@ from llava3d_ros.core.questions import (
     WHERE,
     ParsedQuestion,
     answer_question,
+    is_view_question,
     parse_question,
 )
 from llava3d_ros.core.referring import canonical_phrase, parse_expression
@@ -183,3 +184,38 @@ def test_count_with_a_relation_counts_only_where_it_holds() -> None:
 def test_object_layer_kinds_are_refused_not_crashed(kind: str) -> None:
     with pytest.raises(ValueError, match="object layer"):
         answer_question(ParsedQuestion(kind, ("table",)), {"table": [TABLE]}, VIEW)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is in front of me?",
+        "Is the chair in front of me?",
+        "What do you see?",
+        "Can you see a red mug?",
+        "What am I looking at?",
+        "Is there a cup in view?",
+        "Describe what the camera sees.",
+        "Is the mug visible?",
+        "What colour is the mug in this image?",
+        "What is on the table right now?",
+    ],
+)
+def test_questions_about_the_current_view_are_recognised(question: str) -> None:
+    assert is_view_question(question)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "What is on the table?",
+        "What colour is the mug?",
+        "Is the cup left of the laptop?",
+        "What is in front of the table?",
+        "How far is the chair from me?",
+        "How many chairs are there?",
+        "Where is the viewing bench?",
+    ],
+)
+def test_scene_questions_are_not_view_questions(question: str) -> None:
+    assert not is_view_question(question)

@@ -373,18 +373,27 @@ class HFClipImageEncoder(ImageEncoder):
     def max_batch_size(self) -> int:
         return self._max_batch
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        """The checkpoint's normalisation mean (0..1 per channel)."""
+        r, g, b = (float(v) for v in self._mean)
+        return r, g, b
+
+    def preprocess(self, images: Sequence[np.ndarray], crop: str | None = None) -> torch.Tensor:
         """RGB uint8 frames -> (B, 3, S, S) on the model's device/dtype: the short side
         resized to S and the centre cut out (``crop`` "center"), or the whole frame
-        resized to S x S ("none")."""
+        resized to S x S ("none"). ``crop`` None: the encoder's own (its geometry's)."""
         from PIL import Image
 
         check_images(images)
+        crop = self.geometry.crop if crop is None else crop
+        if crop not in CROP_MODES:
+            raise EncoderError(f"hf_clip: crop must be one of {CROP_MODES}, got {crop!r}")
         s = self.geometry.input_height
         batch = np.empty((len(images), 3, s, s), np.float32)
         for i, img in enumerate(images):
             h, w = img.shape[:2]
-            if self.geometry.crop == "center" and h != w:
+            if crop == "center" and h != w:
                 # CLIPImageProcessor: resize the short side, then crop (in that order, so
                 # the border pixels are interpolated from their true neighbours).
                 rw, rh = (int(s * w / h), s) if h <= w else (s, int(s * h / w))

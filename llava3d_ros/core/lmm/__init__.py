@@ -1,6 +1,7 @@
-"""LLaVA-3D language-model tier (ROS-free): scene tokens from the patch memory -> answers.
+"""LLaVA language-model tiers (ROS-free): scene tokens from the patch memory -> answers
+(LLaVA-3D), and one camera image -> answers (the LLaVA-1.5 family: Spatial-LLaVA...).
 
-Public API::
+Public API, 3D::
 
     model, tokenizer = load_llava3d(path, device=None, dtype=None)   # official layout
     chat = Llava3DChat(model, tokenizer)          # vicuna_v1 template (LLaVA-3D's training)
@@ -12,6 +13,13 @@ Public API::
     chat.describe([x, y, z], pos, feat)          # click prompt ("<boxes>" slot)
     parse_boxes("[1.0,2.0,0.5,0.4,0.4,0.9]")     # -> [TextBox(center, size, ...)]
     write_official_checkpoint(model, tokenizer, out_dir, shards=2)
+
+2D (the view tier, :mod:`.view`)::
+
+    model, tokenizer = load_llava2d(path)          # LLaVA-1.5 layout, no video tower
+    view = ViewAnswerer.load(path, shared_tower=None)   # + its CLIP vision tower
+    ans, encode_s = view.answer("Is the cup left of the laptop?", rgb, on_text=feedback)
+    load_llava(path)                               # either family (model.family says which)
 
 Inputs are pooled scene tokens (positions (T, 3) in metres, CLIP ViT-L/14-336 layer -2
 patch features (T, 1024)); nothing re-encodes images per question. LLaVA-3D was trained
@@ -33,7 +41,10 @@ from .checkpoint import (
     TensorInfo,
     build_empty_model,
     check_checkpoint_keys,
+    detect_family,
     estimate_memory,
+    load_llava,
+    load_llava2d,
     load_llava3d,
     load_tokenizer,
     materialize_,
@@ -45,18 +56,31 @@ from .checkpoint import (
 from .config import (
     DEFAULT_MAX_SCENE_TOKENS,
     DEFAULT_VOXEL_SIZE,
+    FAMILY_2D,
+    FAMILY_3D,
     LLAVA_ARCHITECTURE,
     LLAVA_MODEL_TYPE,
     LlavaConfig,
     LlavaConfigError,
     LmmError,
 )
-from .generate import CancelSource, Llava3DChat, LmmAnswer, PreparedInput, select_token
+from .generate import (
+    CancelSource,
+    Llava2DChat,
+    Llava3DChat,
+    LlavaChat,
+    LmmAnswer,
+    PreparedInput,
+    select_token,
+)
 from .model import (
     IMAGE_TOKEN_INDEX,
     LOC_TOKEN_INDEX,
     OFFICIAL_PREFIXES,
+    OFFICIAL_PREFIXES_2D,
+    Llava2DModel,
     Llava3DModel,
+    LlavaLanguageModel,
     PositionEmbeddingMLP,
     farthest_point_indices,
     from_official_name,
@@ -81,6 +105,7 @@ from .prompt import (
     template_named,
     tokenize_prompt,
 )
+from .view import ViewAnswerer, background_colour, expand_to_square
 
 __all__ = [
     "BOX_PLACEHOLDER",
@@ -89,6 +114,8 @@ __all__ = [
     "DEFAULT_MAX_SCENE_TOKENS",
     "DEFAULT_TEMPLATE",
     "DEFAULT_VOXEL_SIZE",
+    "FAMILY_2D",
+    "FAMILY_3D",
     "IMAGE_PLACEHOLDER",
     "IMAGE_TOKEN_INDEX",
     "LLAVA_ARCHITECTURE",
@@ -96,6 +123,7 @@ __all__ = [
     "LLAVA_V1",
     "LOC_TOKEN_INDEX",
     "OFFICIAL_PREFIXES",
+    "OFFICIAL_PREFIXES_2D",
     "SYSTEM_PROMPT_V1",
     "SYSTEM_PROMPT_VICUNA_V1",
     "TEMPLATES",
@@ -103,10 +131,14 @@ __all__ = [
     "CancelSource",
     "CheckpointError",
     "ConversationTemplate",
+    "Llava2DChat",
+    "Llava2DModel",
     "Llava3DChat",
     "Llava3DModel",
+    "LlavaChat",
     "LlavaConfig",
     "LlavaConfigError",
+    "LlavaLanguageModel",
     "LmmAnswer",
     "LmmError",
     "MemoryEstimate",
@@ -115,13 +147,19 @@ __all__ = [
     "Prompt",
     "TensorInfo",
     "TextBox",
+    "ViewAnswerer",
+    "background_colour",
     "build_empty_model",
     "build_prompt",
     "check_checkpoint_keys",
+    "detect_family",
     "estimate_memory",
+    "expand_to_square",
     "extract_locations",
     "farthest_point_indices",
     "from_official_name",
+    "load_llava",
+    "load_llava2d",
     "load_llava3d",
     "load_tokenizer",
     "materialize_",

@@ -1,12 +1,19 @@
-"""Load and write LLaVA-3D checkpoints in the official release's layout.
+"""Load and write LLaVA checkpoints (LLaVA-3D and the LLaVA-1.5 family) in the official
+releases' layout.
 
 Layout (a directory)::
 
     config.json                       model_type "llava_llama" + Llama keys + mm_* keys
     model.safetensors.index.json      {"metadata": {...}, "weight_map": {name: shard}}
     model-00001-of-0000N.safetensors  (or one model.safetensors)
+    pytorch_model.bin.index.json      or the same as PyTorch files (LLaVA-1.5's release:
+    pytorch_model-00001-of-0000N.bin  read with ``weights_only``, never unpickled freely)
     tokenizer.model + tokenizer_config.json   LLaMA SentencePiece (the release), or
     tokenizer.json ...                        whatever AutoTokenizer reads
+
+The family is read from config.json (``mm_video_tower``) and checked against the tensor
+names (``model.video_tower.*`` only in LLaVA-3D); a checkpoint of the other family than
+the caller asked for is refused with a message that says which it is.
 
 Loading never holds two copies of the weights: the module is built on the meta device,
 names and shapes are checked against the shard headers before anything is allocated,
@@ -27,14 +34,23 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULT_MAX_SCENE_TOKENS, LlavaConfig, LmmError
-from .model import Llava3DModel
+from .config import (
+    DEFAULT_MAX_SCENE_TOKENS,
+    FAMILY_2D,
+    FAMILY_3D,
+    FAMILY_NAMES,
+    LlavaConfig,
+    LmmError,
+)
+from .model import VIDEO_TOWER_PREFIX, Llava2DModel, Llava3DModel, LlavaLanguageModel
 from .tokenizer import SPIECE_MODEL, LlamaSentencePieceTokenizer
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+BIN_WEIGHTS_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 # Checkpoint tensors that are known and deliberately not loaded: the CLIP vision tower
 # (features come from the memory; CLIP is loaded by the encoder), rotary caches saved by
@@ -107,7 +123,9 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         raise ValueError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)") from None
 
 
-def estimate_memory(model: Llava3DModel, dtype: torch.dtype, context_tokens: int) -> MemoryEstimate:
+def estimate_memory(
+    model: LlavaLanguageModel, dtype: torch.dtype, context_tokens: int
+) -> MemoryEstimate:
     """Weights (parameter count x bytes) + KV cache (2 x layers x kv_heads x head_dim x
     tokens x bytes). ``model`` may live on the meta device."""
     seen: set[int] = set()
@@ -161,54 +179,123 @@ def resolve_checkpoint(
         raise CheckpointError(f"cannot resolve checkpoint {name!r}{hint}: {exc}") from exc
 
 
-def read_checkpoint_index(directory: str | os.PathLike[str]) -> dict[str, TensorInfo]:
-    """Name -> (shard, shape, dtype) from the safetensors headers (no tensor data read)."""
-    from safetensors import safe_open
+def _weight_files(d: Path) -> dict[str, list[str]]:
+    """Weight file -> tensor names it holds per the index ([] = every tensor of the file)."""
+    for index_name, single in ((INDEX_NAME, WEIGHTS_NAME), (BIN_INDEX_NAME, BIN_WEIGHTS_NAME)):
+        index = d / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                by_file: dict[str, list[str]] = {}
+                for name, file in weight_map.items():
+                    by_file.setdefault(str(file), []).append(str(name))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise CheckpointError(f"unreadable {index}: {exc}") from exc
+            bad = sorted(f for f in by_file if Path(f).name != f)
+            if bad:  # a hostile index must not point outside the directory
+                raise CheckpointError(f"{index} names files outside the checkpoint: {bad[:3]}")
+            absent = sorted(f for f in by_file if not (d / f).is_file())
+            if absent:
+                raise CheckpointError(f"{index} names shard files that are missing: {absent}")
+            return by_file
+        if (d / single).is_file():
+            return {single: []}
+    raise CheckpointError(
+        f"{d} has no {INDEX_NAME}, {WEIGHTS_NAME}, {BIN_INDEX_NAME} or {BIN_WEIGHTS_NAME}"
+    )
 
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch state-dict file, memory-mapped, with the safe unpickler (tensors only)."""
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files saved before torch 1.6's zip format cannot be mapped
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise CheckpointError(f"{path} is not a state dict of named tensors")
+    return data
+
+
+class _ShardReader:
+    """Read tensors of one weight file, safetensors or PyTorch, by name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._bin: dict[str, torch.Tensor] | None = None
+        self._st: Any = None
+
+    def __enter__(self) -> _ShardReader:
+        if self.path.suffix == ".bin":
+            self._bin = _load_bin(self.path)
+        else:
+            from safetensors import safe_open
+
+            self._st = safe_open(str(self.path), framework="pt", device="cpu").__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._st is not None:
+            self._st.__exit__(*exc)
+        self._bin = self._st = None
+
+    def keys(self) -> set[str]:
+        return set(self._bin) if self._bin is not None else set(self._st.keys())
+
+    def info(self, name: str) -> tuple[tuple[int, ...], str]:
+        if self._bin is not None:
+            t = self._bin[name]
+            return tuple(int(v) for v in t.shape), str(t.dtype).removeprefix("torch.")
+        sl = self._st.get_slice(name)
+        return tuple(int(v) for v in sl.get_shape()), str(sl.get_dtype())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self._bin[name] if self._bin is not None else self._st.get_tensor(name)
+
+
+def read_checkpoint_index(directory: str | os.PathLike[str]) -> dict[str, TensorInfo]:
+    """Name -> (shard, shape, dtype) from the safetensors headers (PyTorch files are
+    memory-mapped: no tensor data read either)."""
     d = Path(directory)
-    index = d / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"unreadable {index}: {exc}") from exc
-        by_file: dict[str, list[str]] = {}
-        for name, file in weight_map.items():
-            by_file.setdefault(str(file), []).append(str(name))
-        absent = sorted(f for f in by_file if not (d / f).is_file())
-        if absent:
-            raise CheckpointError(f"{index} names shard files that are missing: {absent}")
-    elif (d / WEIGHTS_NAME).is_file():
-        by_file = {WEIGHTS_NAME: []}  # every tensor of the single file
-    else:
-        bins = sorted(p.name for p in d.glob("*.bin"))
-        hint = (
-            f" (found PyTorch pickles {bins[:3]}: convert them to safetensors first)"
-            if bins
-            else ""
-        )
-        raise CheckpointError(f"{d} has no {INDEX_NAME} or {WEIGHTS_NAME}{hint}")
     out: dict[str, TensorInfo] = {}
-    for file, names in by_file.items():
+    for file, names in _weight_files(d).items():
         try:
-            with safe_open(str(d / file), framework="pt", device="cpu") as f:
-                keys = set(f.keys())
+            with _ShardReader(d / file) as f:
+                keys = f.keys()
                 wanted = names or sorted(keys)
                 lost = sorted(set(wanted) - keys)
                 if lost:
                     raise CheckpointError(
-                        f"{INDEX_NAME} maps {_fmt(lost)} to {file}, which does not hold them"
+                        f"the index maps {_fmt(lost)} to {file}, which does not hold them"
                     )
                 for name in wanted:
-                    sl = f.get_slice(name)
-                    out[name] = TensorInfo(
-                        file, tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype())
-                    )
+                    shape, dtype = f.info(name)
+                    out[name] = TensorInfo(file, shape, dtype)
         except CheckpointError:
             raise
-        except Exception as exc:  # safetensors raises its own error types on corrupt files
+        except Exception as exc:  # safetensors/torch raise their own types on corrupt files
             raise CheckpointError(f"cannot read {d / file}: {exc}") from exc
     return out
+
+
+def detect_family(config: LlavaConfig, found: dict[str, TensorInfo], source: str = "") -> str:
+    """The checkpoint's family (FAMILY_3D / FAMILY_2D) from config.json, refused when the
+    weights say otherwise (a hand-edited or mixed-up directory)."""
+    has_3d = any(n.startswith(VIDEO_TOWER_PREFIX) for n in found)
+    if config.family == FAMILY_3D and not has_3d:
+        raise CheckpointError(
+            f"checkpoint {source}: config.json names mm_video_tower {config.mm_video_tower!r} "
+            f"(LLaVA-3D) but the weights hold no {VIDEO_TOWER_PREFIX}* tensors: a LLaVA-1.5 "
+            "family checkpoint with a LLaVA-3D config?"
+        )
+    if config.family == FAMILY_2D and has_3d:
+        raise CheckpointError(
+            f"checkpoint {source}: config.json has no mm_video_tower (LLaVA-1.5 family) but "
+            f"the weights hold {VIDEO_TOWER_PREFIX}* tensors (LLaVA-3D): config and weights "
+            "do not match"
+        )
+    return config.family
 
 
 def _fmt(names: Sequence[str], limit: int = 20) -> str:
@@ -243,7 +330,7 @@ def check_checkpoint_keys(
             parts.append(f"shape mismatches ({len(mismatched)}): {_fmt(mismatched)}")
         raise CheckpointError(
             f"checkpoint {source} does not match its config.json "
-            "(LLaVA-3D layout):\n  " + "\n  ".join(parts)
+            "(official LLaVA layout):\n  " + "\n  ".join(parts)
         )
     if ignored:
         logger.info("not loading %d checkpoint tensors (%s)", len(ignored), _fmt(ignored, 3))
@@ -286,7 +373,7 @@ def load_tokenizer(
         raise CheckpointError(f"cannot load the tokenizer from {directory}: {exc}") from exc
 
 
-def _reset_rotary(model: Llava3DModel, device: torch.device) -> None:
+def _reset_rotary(model: LlavaLanguageModel, device: torch.device) -> None:
     """Rotary inverse frequencies are non-persistent buffers computed at construction:
     after building on the meta device they must be computed again on the real one."""
     for parent in list(model.modules()):
@@ -299,6 +386,16 @@ def _reset_rotary(model: Llava3DModel, device: torch.device) -> None:
         raise CheckpointError(f"buffers not initialised after loading: {left}")
 
 
+def model_for_config(
+    config: LlavaConfig, max_scene_tokens: int, attn_implementation: str | None
+) -> LlavaLanguageModel:
+    if config.family == FAMILY_3D:
+        return Llava3DModel(
+            config, max_scene_tokens=max_scene_tokens, attn_implementation=attn_implementation
+        )
+    return Llava2DModel(config, attn_implementation=attn_implementation)
+
+
 def build_empty_model(
     config: LlavaConfig,
     device: str | torch.device,
@@ -306,17 +403,16 @@ def build_empty_model(
     *,
     max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
     attn_implementation: str | None = "sdpa",
-) -> Llava3DModel:
-    """A model with allocated but uninitialised weights on ``device`` (rotary buffers set):
-    built on the meta device first, so no time is spent on random initialisation."""
+) -> Any:
+    """A model of the config's family (:class:`Llava3DModel` or :class:`Llava2DModel`)
+    with allocated but uninitialised weights on ``device`` (rotary buffers set): built on
+    the meta device first, so no time is spent on random initialisation."""
     with torch.device("meta"):
-        model = Llava3DModel(
-            config, max_scene_tokens=max_scene_tokens, attn_implementation=attn_implementation
-        )
+        model = model_for_config(config, max_scene_tokens, attn_implementation)
     return materialize_(model.to(dtype), torch.device(device))
 
 
-def materialize_(model: Llava3DModel, device: torch.device) -> Llava3DModel:
+def materialize_(model: LlavaLanguageModel, device: torch.device) -> LlavaLanguageModel:
     """Allocate a meta-device model's storage on ``device`` (values undefined)."""
     model.to_empty(device=device)
     _reset_rotary(model, device)
@@ -325,25 +421,41 @@ def materialize_(model: Llava3DModel, device: torch.device) -> Llava3DModel:
     return model
 
 
-def load_llava3d(
+def _wrong_family(directory: Path, found: str, wanted: str) -> CheckpointError:
+    use = {
+        FAMILY_3D: "it answers about the scene memory (the LLaVA-3D tier: load_llava3d, "
+        "node parameter lmm.checkpoint)",
+        FAMILY_2D: "it answers about one camera image (the view tier: load_llava2d, node "
+        "parameter view.checkpoint)",
+    }[found]
+    return CheckpointError(
+        f"{directory} is a {FAMILY_NAMES[found]} checkpoint, not {FAMILY_NAMES[wanted]}: {use}"
+    )
+
+
+def load_llava(
     path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     *,
+    family: str | None = None,
     max_scene_tokens: int = DEFAULT_MAX_SCENE_TOKENS,
     max_new_tokens: int = 512,
+    image_tokens: int = 576,
     allow_network: bool = False,
     revision: str | None = None,
     attn_implementation: str | None = "sdpa",
     ignore_keys: Iterable[str] = DEFAULT_IGNORED_KEYS,
     check_memory: bool = True,
-) -> tuple[Llava3DModel, Any]:
-    """Load an official LLaVA-3D checkpoint -> (model in eval mode, tokenizer).
+) -> tuple[Any, Any]:
+    """Load an official LLaVA checkpoint of either family -> (model in eval mode,
+    tokenizer). ``family``: FAMILY_3D or FAMILY_2D to insist on one (a checkpoint of the
+    other is refused with a CheckpointError that says which it is); None takes either.
 
     ``device``: default CUDA when available. ``dtype``: default bf16 on CUDA, fp32 on CPU.
-    ``max_scene_tokens`` / ``max_new_tokens`` size the KV-cache estimate (and the former
-    caps scene tokens). Raises :class:`CheckpointError` / :class:`LlavaConfigError`.
-    """
+    ``max_scene_tokens`` (3D) / ``image_tokens`` (2D) and ``max_new_tokens`` size the
+    KV-cache estimate (the former also caps scene tokens). Raises
+    :class:`CheckpointError` / :class:`LlavaConfigError`."""
     directory = resolve_checkpoint(path, allow_network=allow_network, revision=revision)
     config = LlavaConfig.from_pretrained(directory)
     dev = torch.device(
@@ -351,17 +463,19 @@ def load_llava3d(
     )
     dt = parse_dtype(dtype, dev)
     found = read_checkpoint_index(directory)
+    got = detect_family(config, found, str(directory))
+    if family is not None and got != family:
+        raise _wrong_family(directory, got, family)
 
     with torch.device("meta"):
-        model = Llava3DModel(
-            config, max_scene_tokens=max_scene_tokens, attn_implementation=attn_implementation
-        )
+        model = model_for_config(config, max_scene_tokens, attn_implementation)
     model.to(dt)
     expected = {n: tuple(p.shape) for n, p in model.official_parameters().items()}
     names = check_checkpoint_keys(expected, found, ignore_keys, source=str(directory))
 
-    est = estimate_memory(model, dt, max_scene_tokens + PROMPT_TOKEN_ALLOWANCE + max_new_tokens)
-    logger.info("LLaVA-3D %s on %s as %s needs %s", directory, dev, dt, est)
+    visual = max_scene_tokens if got == FAMILY_3D else image_tokens
+    est = estimate_memory(model, dt, visual + PROMPT_TOKEN_ALLOWANCE + max_new_tokens)
+    logger.info("%s %s on %s as %s needs %s", FAMILY_NAMES[got], directory, dev, dt, est)
     if dev.type == "cuda" and check_memory:
         free, _ = torch.cuda.mem_get_info(dev)
         if est.total_bytes > free:
@@ -386,21 +500,46 @@ def load_llava3d(
     return model, tokenizer
 
 
+def load_llava3d(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> tuple[Llava3DModel, Any]:
+    """Load an official LLaVA-3D checkpoint -> (model, tokenizer); a LLaVA-1.5-family
+    checkpoint is refused. Keyword arguments as :func:`load_llava`."""
+    model, tokenizer = load_llava(path, device, dtype, family=FAMILY_3D, **kwargs)
+    assert isinstance(model, Llava3DModel)
+    return model, tokenizer
+
+
+def load_llava2d(
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    **kwargs: Any,
+) -> tuple[Llava2DModel, Any]:
+    """Load an official LLaVA-1.5-family checkpoint (LLaVA-1.5, Spatial-LLaVA...) ->
+    (model, tokenizer); a LLaVA-3D checkpoint is refused. Keyword arguments as
+    :func:`load_llava`."""
+    model, tokenizer = load_llava(path, device, dtype, family=FAMILY_2D, **kwargs)
+    assert isinstance(model, Llava2DModel)
+    return model, tokenizer
+
+
 @torch.no_grad()
 def _load_shards(
     directory: Path, by_file: dict[str, list[str]], params: dict[str, torch.nn.Parameter]
 ) -> None:
-    from safetensors import safe_open
-
     for i, (file, names) in enumerate(sorted(by_file.items()), 1):
         logger.info("loading shard %d/%d: %s (%d tensors)", i, len(by_file), file, len(names))
-        with safe_open(str(directory / file), framework="pt", device="cpu") as f:
+        with _ShardReader(directory / file) as f:
             for name in names:
-                params[name].copy_(f.get_tensor(name))  # casts to the model dtype
+                params[name].copy_(f.tensor(name))  # casts to the model dtype
 
 
 def write_official_checkpoint(
-    model: Llava3DModel,
+    model: LlavaLanguageModel,
     tokenizer: Any,
     path: str | os.PathLike[str],
     shards: int = 2,

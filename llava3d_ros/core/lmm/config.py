@@ -1,4 +1,5 @@
-"""LLaVA-3D checkpoint configuration: the official ``config.json`` read and written as is.
+"""LLaVA checkpoint configuration (LLaVA-3D and the LLaVA-1.5 family): the official
+``config.json`` read and written as is.
 
 The official release stores one flat ``config.json``: the Llama keys of its language model
 (vicuna-7b-v1.5) plus the keys LLaVA adds (``mm_*``, ``num_frames``...). ``model_type`` is
@@ -22,6 +23,17 @@ logger = logging.getLogger(__name__)
 LLAVA_MODEL_TYPE = "llava_llama"
 LLAVA_ARCHITECTURE = "LlavaLlamaForCausalLM"
 SPATIAL_VIDEO_TOWER = "SpatialAwareModule"
+# Model families the tier loads, told apart by config.json and the tensor names.
+FAMILY_3D = "llava-3d"  # mm_video_tower SpatialAwareModule: scene tokens with 3D positions
+FAMILY_2D = "llava-1.5"  # no video tower (LLaVA-1.5, Spatial-LLaVA...): one image
+FAMILY_NAMES = {
+    FAMILY_3D: "LLaVA-3D (scene tokens with a 3D position embedding)",
+    FAMILY_2D: "LLaVA-1.5 family (one image, no 3D position embedding)",
+}
+# LLaVA's image_aspect_ratio values this package implements for the 2D family: "pad"
+# (LLaVA-1.5: pad to a square with the CLIP mean colour) and the CLIP processor's own
+# resize + centre crop (LLaVA's fallback for any other value except "anyres").
+ASPECT_PAD = "pad"
 # Hard-coded in LLaVA-3D's code, not config keys: 0.2 m voxel pooling, at most 2560 tokens.
 DEFAULT_VOXEL_SIZE = 0.2
 DEFAULT_MAX_SCENE_TOKENS = 2560
@@ -38,6 +50,7 @@ LLAVA_KEYS = (
     "mm_patch_merge_type",
     "mm_use_im_start_end",
     "tokenizer_model_max_length",
+    "image_aspect_ratio",
 )
 # Bookkeeping keys that must not reach LlamaConfig (it has its own model_type).
 _NOT_LLAMA_KEYS = (
@@ -69,12 +82,16 @@ class LmmError(RuntimeError):
 
 
 class LlavaConfigError(LmmError, ValueError):
-    """config.json is not a LLaVA-3D config (wrong model_type, missing 3D modules...)."""
+    """config.json is not a LLaVA config this package can run (wrong model_type, unknown
+    video tower, unsupported projector or image processing...)."""
 
 
 @dataclass
 class LlavaConfig:
-    """A LLaVA-3D config: the LLM's :class:`~transformers.LlamaConfig` plus the LLaVA keys.
+    """A LLaVA config: the LLM's :class:`~transformers.LlamaConfig` plus the LLaVA keys.
+
+    ``mm_video_tower`` tells the family apart (:attr:`family`): "SpatialAwareModule" for
+    LLaVA-3D, absent (None) for the LLaVA-1.5 family.
 
     ``extra`` keeps every other key of the original file (training flags such as
     ``tune_mm_mlp_adapter``) so :meth:`to_dict` writes back what was read.
@@ -84,19 +101,31 @@ class LlavaConfig:
     mm_hidden_size: int = 1024
     mm_projector_type: str = "mlp2x_gelu"
     mm_vision_tower: str | None = "openai/clip-vit-large-patch14-336"
-    mm_video_tower: str = SPATIAL_VIDEO_TOWER
+    mm_video_tower: str | None = SPATIAL_VIDEO_TOWER
     mm_vision_select_layer: int = -2
     mm_vision_select_feature: str = "patch"
     num_frames: int = 20
     mm_patch_merge_type: str = "flat"
     mm_use_im_start_end: bool = False
     tokenizer_model_max_length: int | None = None
+    image_aspect_ratio: str | None = None  # 2D family: "pad" (LLaVA-1.5) or the crop
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
 
     # -- derived -------------------------------------------------------------------
+
+    @property
+    def family(self) -> str:
+        """FAMILY_3D with the 3D video tower, FAMILY_2D without one."""
+        return FAMILY_3D if self.mm_video_tower else FAMILY_2D
+
+    @property
+    def pads_to_square(self) -> bool:
+        """2D family: images are padded to a square with the mean colour (else resized and
+        centre-cropped, as the CLIP image processor does)."""
+        return self.image_aspect_ratio == ASPECT_PAD
 
     @property
     def hidden_size(self) -> int:
@@ -127,10 +156,15 @@ class LlavaConfig:
     # -- checks --------------------------------------------------------------------
 
     def validate(self) -> None:
-        if self.mm_video_tower != SPATIAL_VIDEO_TOWER:
+        if self.mm_video_tower and self.mm_video_tower != SPATIAL_VIDEO_TOWER:
             raise LlavaConfigError(
-                f"mm_video_tower is {self.mm_video_tower!r}; LLaVA-3D needs "
-                f"{SPATIAL_VIDEO_TOWER!r} (a 2D LLaVA checkpoint has no 3D position embedding)"
+                f"mm_video_tower is {self.mm_video_tower!r}; LLaVA-3D's is "
+                f"{SPATIAL_VIDEO_TOWER!r} and the LLaVA-1.5 family has none"
+            )
+        if self.image_aspect_ratio is not None and "anyres" in str(self.image_aspect_ratio):
+            raise LlavaConfigError(
+                f"image_aspect_ratio {self.image_aspect_ratio!r} (LLaVA-NeXT tiling) is not "
+                f"supported; LLaVA-1.5 uses {ASPECT_PAD!r}"
             )
         if self.mm_projector_type != "linear" and not _PROJECTOR_RE.match(self.mm_projector_type):
             raise LlavaConfigError(
@@ -151,7 +185,8 @@ class LlavaConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> LlavaConfig:
-        """Parse an official config.json dict; raises LlavaConfigError when it is not LLaVA-3D."""
+        """Parse an official config.json dict (either family: see :attr:`family`); raises
+        LlavaConfigError when it is not a LLaVA (``llava_llama``) config."""
         from transformers import LlamaConfig
 
         model_type = raw.get("model_type")
@@ -161,7 +196,7 @@ class LlavaConfig:
                 "llava": "transformers' LlavaForConditionalGeneration layout, not the "
                 "LLaVA-3D release",
                 "clip": "a CLIP checkpoint (that is the vision tower: load it as an encoder)",
-            }.get(str(model_type), "not a LLaVA-3D checkpoint")
+            }.get(str(model_type), "not a LLaVA checkpoint")
             raise LlavaConfigError(
                 f"{source}: model_type is {model_type!r}, expected {LLAVA_MODEL_TYPE!r} ({hint})"
             )
@@ -169,10 +204,6 @@ class LlavaConfig:
         if archs is not None and LLAVA_ARCHITECTURE not in archs:
             raise LlavaConfigError(
                 f"{source}: architectures {archs!r} do not include {LLAVA_ARCHITECTURE!r}"
-            )
-        if "mm_video_tower" not in raw:
-            raise LlavaConfigError(
-                f"{source}: no mm_video_tower key; a 2D LLaVA checkpoint has no 3D modules"
             )
         llama_keys = {
             k: v for k, v in raw.items() if k not in LLAVA_KEYS and k not in _NOT_LLAMA_KEYS
@@ -188,13 +219,14 @@ class LlavaConfig:
                 mm_hidden_size=int(raw.get("mm_hidden_size", 1024)),
                 mm_projector_type=str(raw.get("mm_projector_type", "linear")),
                 mm_vision_tower=raw.get("mm_vision_tower"),
-                mm_video_tower=str(raw.get("mm_video_tower") or ""),
+                mm_video_tower=raw.get("mm_video_tower") or None,
                 mm_vision_select_layer=int(raw.get("mm_vision_select_layer", -2)),
                 mm_vision_select_feature=str(raw.get("mm_vision_select_feature", "patch")),
                 num_frames=int(raw.get("num_frames", 20)),
                 mm_patch_merge_type=str(raw.get("mm_patch_merge_type", "flat")),
                 mm_use_im_start_end=bool(raw.get("mm_use_im_start_end", False)),
                 tokenizer_model_max_length=raw.get("tokenizer_model_max_length"),
+                image_aspect_ratio=raw.get("image_aspect_ratio"),
                 extra=extra,
             )
         except LlavaConfigError as exc:
@@ -227,7 +259,6 @@ class LlavaConfig:
                 "model_type": LLAVA_MODEL_TYPE,
                 "architectures": [LLAVA_ARCHITECTURE],
                 "mm_vision_tower": self.mm_vision_tower,
-                "mm_video_tower": self.mm_video_tower,
                 "mm_projector_type": self.mm_projector_type,
                 "mm_hidden_size": int(self.mm_hidden_size),
                 "mm_vision_select_layer": int(self.mm_vision_select_layer),
@@ -237,8 +268,12 @@ class LlavaConfig:
                 "mm_use_im_start_end": bool(self.mm_use_im_start_end),
             }
         )
+        if self.mm_video_tower:
+            out["mm_video_tower"] = self.mm_video_tower
         if self.tokenizer_model_max_length is not None:
             out["tokenizer_model_max_length"] = int(self.tokenizer_model_max_length)
+        if self.image_aspect_ratio is not None:
+            out["image_aspect_ratio"] = self.image_aspect_ratio
         return out
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from .config import LmmError
-from .model import Llava3DModel
+from .model import Llava2DModel, Llava3DModel, LlavaLanguageModel
 from .prompt import (
     DEFAULT_DESCRIBE_QUESTION,
     DEFAULT_TEMPLATE,
+    LLAVA_V1,
     VICUNA_V1,
     ConversationTemplate,
     TextBox,
@@ -165,20 +166,18 @@ class _TextStream:
         return self.emitted
 
 
-class Llava3DChat:
-    """Ask LLaVA-3D about the scene in the memory. Thread-safe (one answer at a time)::
-
-    chat = Llava3DChat.load("/models/llava-3d-7b", device="cuda")
-    pos, feat = memory.pool(kind="vision", voxel_size=0.2, max_tokens=2560)
-    chat.answer("What is on the table?", pos, feat, on_text=print).text
-    """
+class LlavaChat:
+    """The part both families share: one answer at a time, prefill once, then a
+    token-by-token loop on the KV cache with streaming, stop strings and cancel.
+    Subclasses build :class:`PreparedInput` from their inputs (scene or image)."""
 
     def __init__(
         self,
-        model: Llava3DModel,
+        model: LlavaLanguageModel,
         tokenizer: Any,
         template: ConversationTemplate = VICUNA_V1,
         kv_cache: str = "static",
+        name: str = "",
     ) -> None:
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
@@ -186,6 +185,7 @@ class Llava3DChat:
         self.tokenizer = tokenizer
         self.template = template
         self.kv_cache = kv_cache
+        self.name = name  # what answered, for results (the checkpoint as configured)
         self._lock = threading.Lock()
         eos = {getattr(tokenizer, "eos_token_id", None)}
         cfg_eos = getattr(model.config.llama, "eos_token_id", None)
@@ -197,105 +197,19 @@ class Llava3DChat:
         """An answer is being generated (a second call would wait for it)."""
         return self._lock.locked()
 
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        *,
-        kv_cache: str = "static",
-        template: str = DEFAULT_TEMPLATE,
-        **load_kwargs: Any,
-    ) -> Llava3DChat:
-        """``load_llava3d(path, device, dtype, **load_kwargs)`` wrapped in a chat that
-        renders prompts in the named conversation template."""
-        from .checkpoint import load_llava3d
-
-        conversation = template_named(template)  # before the weights: fail fast
-        model, tokenizer = load_llava3d(path, device, dtype, **load_kwargs)
-        return cls(model, tokenizer, template=conversation, kv_cache=kv_cache)
-
-    @torch.inference_mode()
-    def prepare(
+    def _answer(
         self,
-        question: str,
-        scene_positions: Any,
-        scene_features: Any,
+        prepare: Callable[[], PreparedInput],
         *,
-        location: Any = None,
-        history: Sequence[tuple[str, str]] = (),
-        frame: SceneFrame | None = None,
-    ) -> PreparedInput:
-        """Prompt -> token ids -> ``inputs_embeds`` with scene and location rows in place.
-        ``frame``: positions and locations (written or given) are map coordinates, moved
-        into that scene frame before their embeddings (``PreparedInput.locations`` are in
-        the scene frame)."""
-        prompt = build_prompt(
-            question,
-            location=location,
-            history=history,
-            template=self.template,
-            use_im_start_end=self.model.config.mm_use_im_start_end,
-        )
-        ids = tokenize_prompt(self.tokenizer, prompt.text)
-        locations = prompt.locations
-        if frame is not None:
-            pos = torch.as_tensor(scene_positions)
-            r = torch.as_tensor(frame.rotation, dtype=torch.float64, device=pos.device)
-            o = torch.as_tensor(frame.origin, dtype=torch.float64, device=pos.device)
-            scene_positions = (pos.to(torch.float64) @ r.T - o).to(torch.float32)
-            if locations:
-                moved = frame.to_scene(np.asarray(locations, dtype=np.float64))
-                locations = tuple((float(x), float(y), float(z)) for x, y, z in moved)
-        scene = self.model.embed_scene(scene_positions, scene_features)
-        if scene.shape[0] == 0:
-            logger.warning("no scene tokens: the model answers from the text alone")
-        locs = (
-            self.model.embed_locations(locations)
-            if locations
-            else scene.new_zeros((0, self.model.config.hidden_size))
-        )
-        embeds = self.model.assemble_inputs_embeds(ids, scene, locs)
-        return PreparedInput(
-            prompt=prompt.text,
-            input_ids=ids,
-            inputs_embeds=embeds,
-            scene_tokens=int(scene.shape[0]),
-            locations=locations,
-        )
-
-    def answer(
-        self,
-        question: str,
-        scene_positions: Any,
-        scene_features: Any,
-        *,
-        location: Any = None,
-        history: Sequence[tuple[str, str]] = (),
-        max_new_tokens: int = 512,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        seed: int | None = None,
-        stop: Sequence[str] = (),
-        on_text: Callable[[str], None] | None = None,
-        cancel: CancelSource | None = None,
-        ignore_eos: bool = False,
-        frame: SceneFrame | None = None,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str],
+        on_text: Callable[[str], None] | None,
+        cancel: CancelSource | None,
+        ignore_eos: bool,
     ) -> LmmAnswer:
-        """Answer ``question`` about the scene tokens (see module and class docs).
-
-        ``frame`` (:mod:`.scene_frame`): positions and locations are map coordinates,
-        moved into the scene frame the model was trained in; the answer's ``boxes`` are
-        moved back to the map (its text keeps the model's scene-frame numbers, so that
-        it stays exactly the streamed text).
-
-        ``temperature`` 0 = greedy (deterministic); > 0 samples, reproducibly when ``seed``
-        is given. ``stop``: strings that end the answer (not included in it). ``on_text``
-        gets each new piece of text. ``cancel`` (Event or callable) is polled before the
-        prefill and before every token: set after k tokens, the answer has exactly k tokens
-        and ``cancelled=True``.
-        ``ignore_eos`` keeps generating past EOS (benchmarks)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -306,15 +220,8 @@ class Llava3DChat:
             device = self.model.device
             _sync(device)
             t0 = time.perf_counter()
-            prepared = self.prepare(
-                question,
-                scene_positions,
-                scene_features,
-                location=location,
-                history=history,
-                frame=frame,
-            )
-            answer = self._generate(
+            prepared = prepare()
+            return self._generate(
                 prepared,
                 t0,
                 max_new_tokens=max_new_tokens,
@@ -326,21 +233,6 @@ class Llava3DChat:
                 cancel=cancel,
                 ignore_eos=ignore_eos,
             )
-            if frame is not None:
-                answer.boxes = [frame.box_to_map(b) for b in answer.boxes]
-            return answer
-
-    def describe(
-        self,
-        point: Sequence[float],
-        scene_positions: Any,
-        scene_features: Any,
-        *,
-        question: str = DEFAULT_DESCRIBE_QUESTION,
-        **kwargs: Any,
-    ) -> LmmAnswer:
-        """Caption what is at ``point`` (the click prompt): ``question`` holds one <boxes>."""
-        return self.answer(question, scene_positions, scene_features, location=point, **kwargs)
 
     @torch.inference_mode()
     def _generate(
@@ -433,4 +325,241 @@ class Llava3DChat:
             prompt_tokens=n_prompt,
             scene_tokens=prepared.scene_tokens,
             token_ids=tokens,
+        )
+
+
+class Llava3DChat(LlavaChat):
+    """Ask LLaVA-3D about the scene in the memory. Thread-safe (one answer at a time)::
+
+    chat = Llava3DChat.load("/models/llava-3d-7b", device="cuda")
+    pos, feat = memory.pool(kind="vision", voxel_size=0.2, max_tokens=2560)
+    chat.answer("What is on the table?", pos, feat, on_text=print).text
+    """
+
+    model: Llava3DModel
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        kv_cache: str = "static",
+        template: str = DEFAULT_TEMPLATE,
+        **load_kwargs: Any,
+    ) -> Llava3DChat:
+        """``load_llava3d(path, device, dtype, **load_kwargs)`` wrapped in a chat that
+        renders prompts in the named conversation template."""
+        from .checkpoint import load_llava3d
+
+        conversation = template_named(template)  # before the weights: fail fast
+        model, tokenizer = load_llava3d(path, device, dtype, **load_kwargs)
+        return cls(model, tokenizer, template=conversation, kv_cache=kv_cache, name=str(path))
+
+    @torch.inference_mode()
+    def prepare(
+        self,
+        question: str,
+        scene_positions: Any,
+        scene_features: Any,
+        *,
+        location: Any = None,
+        history: Sequence[tuple[str, str]] = (),
+        frame: SceneFrame | None = None,
+    ) -> PreparedInput:
+        """Prompt -> token ids -> ``inputs_embeds`` with scene and location rows in place.
+        ``frame``: positions and locations (written or given) are map coordinates, moved
+        into that scene frame before their embeddings (``PreparedInput.locations`` are in
+        the scene frame)."""
+        prompt = build_prompt(
+            question,
+            location=location,
+            history=history,
+            template=self.template,
+            use_im_start_end=self.model.config.mm_use_im_start_end,
+        )
+        ids = tokenize_prompt(self.tokenizer, prompt.text)
+        locations = prompt.locations
+        if frame is not None:
+            pos = torch.as_tensor(scene_positions)
+            r = torch.as_tensor(frame.rotation, dtype=torch.float64, device=pos.device)
+            o = torch.as_tensor(frame.origin, dtype=torch.float64, device=pos.device)
+            scene_positions = (pos.to(torch.float64) @ r.T - o).to(torch.float32)
+            if locations:
+                moved = frame.to_scene(np.asarray(locations, dtype=np.float64))
+                locations = tuple((float(x), float(y), float(z)) for x, y, z in moved)
+        scene = self.model.embed_scene(scene_positions, scene_features)
+        if scene.shape[0] == 0:
+            logger.warning("no scene tokens: the model answers from the text alone")
+        locs = (
+            self.model.embed_locations(locations)
+            if locations
+            else scene.new_zeros((0, self.model.config.hidden_size))
+        )
+        embeds = self.model.assemble_inputs_embeds(ids, scene, locs)
+        return PreparedInput(
+            prompt=prompt.text,
+            input_ids=ids,
+            inputs_embeds=embeds,
+            scene_tokens=int(scene.shape[0]),
+            locations=locations,
+        )
+
+    def answer(
+        self,
+        question: str,
+        scene_positions: Any,
+        scene_features: Any,
+        *,
+        location: Any = None,
+        history: Sequence[tuple[str, str]] = (),
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        cancel: CancelSource | None = None,
+        ignore_eos: bool = False,
+        frame: SceneFrame | None = None,
+    ) -> LmmAnswer:
+        """Answer ``question`` about the scene tokens (see module and class docs).
+
+        ``frame`` (:mod:`.scene_frame`): positions and locations are map coordinates,
+        moved into the scene frame the model was trained in; the answer's ``boxes`` are
+        moved back to the map (its text keeps the model's scene-frame numbers, so that
+        it stays exactly the streamed text).
+
+        ``temperature`` 0 = greedy (deterministic); > 0 samples, reproducibly when ``seed``
+        is given. ``stop``: strings that end the answer (not included in it). ``on_text``
+        gets each new piece of text. ``cancel`` (Event or callable) is polled before the
+        prefill and before every token: set after k tokens, the answer has exactly k tokens
+        and ``cancelled=True``.
+        ``ignore_eos`` keeps generating past EOS (benchmarks)."""
+        answer = self._answer(
+            lambda: self.prepare(
+                question,
+                scene_positions,
+                scene_features,
+                location=location,
+                history=history,
+                frame=frame,
+            ),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            on_text=on_text,
+            cancel=cancel,
+            ignore_eos=ignore_eos,
+        )
+        if frame is not None:
+            answer.boxes = [frame.box_to_map(b) for b in answer.boxes]
+        return answer
+
+    def describe(
+        self,
+        point: Sequence[float],
+        scene_positions: Any,
+        scene_features: Any,
+        *,
+        question: str = DEFAULT_DESCRIBE_QUESTION,
+        **kwargs: Any,
+    ) -> LmmAnswer:
+        """Caption what is at ``point`` (the click prompt): ``question`` holds one <boxes>."""
+        return self.answer(question, scene_positions, scene_features, location=point, **kwargs)
+
+
+class Llava2DChat(LlavaChat):
+    """Ask a LLaVA-1.5-family model (LLaVA-1.5, Spatial-LLaVA...) about one image, given
+    as its vision tower's patch features (:mod:`.view` turns a camera frame into them).
+    Default template llava_v1, LLaVA-1.5's conversation mode. Thread-safe::
+
+    chat = Llava2DChat.load("/models/spatial-llava-7b")
+    chat.answer("Is the cup left of the laptop?", patch_features, on_text=print).text
+    """
+
+    model: Llava2DModel
+
+    def __init__(
+        self,
+        model: Llava2DModel,
+        tokenizer: Any,
+        template: ConversationTemplate = LLAVA_V1,
+        kv_cache: str = "static",
+        name: str = "",
+    ) -> None:
+        super().__init__(model, tokenizer, template, kv_cache, name)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        kv_cache: str = "static",
+        template: str = "llava_v1",
+        **load_kwargs: Any,
+    ) -> Llava2DChat:
+        """``load_llava2d(path, device, dtype, **load_kwargs)`` in a chat."""
+        from .checkpoint import load_llava2d
+
+        conversation = template_named(template)
+        model, tokenizer = load_llava2d(path, device, dtype, **load_kwargs)
+        return cls(model, tokenizer, template=conversation, kv_cache=kv_cache, name=str(path))
+
+    @torch.inference_mode()
+    def prepare(
+        self, question: str, image_features: Any, *, history: Sequence[tuple[str, str]] = ()
+    ) -> PreparedInput:
+        """``<image>\n`` + question in the template; the image placeholder becomes the
+        projected patch features. Bracketed numbers stay text (no 3D clicks in 2D)."""
+        prompt = build_prompt(
+            question,
+            history=history,
+            template=self.template,
+            use_im_start_end=self.model.config.mm_use_im_start_end,
+            clicks=False,
+        )
+        ids = tokenize_prompt(self.tokenizer, prompt.text)
+        image = self.model.embed_image(image_features)
+        embeds = self.model.assemble_inputs_embeds(ids, image)
+        return PreparedInput(
+            prompt=prompt.text,
+            input_ids=ids,
+            inputs_embeds=embeds,
+            scene_tokens=int(image.shape[0]),
+            locations=(),
+        )
+
+    def answer(
+        self,
+        question: str,
+        image_features: Any,
+        *,
+        history: Sequence[tuple[str, str]] = (),
+        max_new_tokens: int = 512,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        on_text: Callable[[str], None] | None = None,
+        cancel: CancelSource | None = None,
+        ignore_eos: bool = False,
+    ) -> LmmAnswer:
+        """Answer ``question`` about the image; arguments as :meth:`Llava3DChat.answer`.
+        ``scene_tokens`` of the answer counts the image tokens."""
+        return self._answer(
+            lambda: self.prepare(question, image_features, history=history),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop,
+            on_text=on_text,
+            cancel=cancel,
+            ignore_eos=ignore_eos,
         )

@@ -134,6 +134,7 @@ def build_prompt(
     history: Sequence[tuple[str, str]] = (),
     template: ConversationTemplate = VICUNA_V1,
     use_im_start_end: bool = False,
+    clicks: bool = True,
 ) -> Prompt:
     """Render one question (plus optional earlier turns) in a LLaVA v1 template
     (default: vicuna_v1, the one LLaVA-3D was trained with).
@@ -142,10 +143,19 @@ def build_prompt(
     point (3,) or several (L, 3) — which fill literal ``<boxes>`` placeholders of the
     question, left to right, after the written ones are converted. The scene placeholder
     goes first in the first user turn (LLaVA-3D's order) unless the question has one.
+
+    ``clicks`` False (a 2D model, which has no location embedding): coordinates stay
+    text, and a ``<boxes>`` in the question is an error.
     """
     if not question.strip():
         raise LmmError("empty question")
-    text, written = extract_locations(question)
+    written: list[tuple[float, float, float]]
+    if not clicks:
+        if BOX_PLACEHOLDER in question or location is not None:
+            raise LmmError(f"this model takes no location prompts ('{BOX_PLACEHOLDER}')")
+        text, written = question, []
+    else:
+        text, written = extract_locations(question)
     explicit: list[tuple[float, float, float]] = []
     if location is not None:
         rows = [location] if _is_point(location) else list(location)
@@ -158,7 +168,7 @@ def build_prompt(
             "location(s); put one '<boxes>' in the question per location"
         )
     # Written and explicit points share the slots in text order: merge by position.
-    locations = _merge_in_order(question, written, explicit)
+    locations = _merge_in_order(question, written, explicit) if clicks else []
     if text.count(IMAGE_PLACEHOLDER) > 1:
         raise LmmError("the question may hold at most one '<image>' placeholder")
     if IMAGE_PLACEHOLDER not in text:
