@@ -159,8 +159,10 @@ class SegmentResult(QueryResult):
 @dataclass
 class AskResult(QueryResult):
     answer: str = ""
-    answered_by: str = ""
+    answered_by: str = ""  # "geometry", "lmm" (3D scene) or "view" (2D, one keyframe)
     generated_tokens: int = 0
+    model: str = ""  # the checkpoint that answered (empty for geometry)
+    view_stamp_ns: int = 0  # view answers: the stamp of the keyframe image asked about
 
 
 @dataclass
@@ -370,6 +372,8 @@ class Llava3DClient:
             answer=r.answer,
             answered_by=r.answered_by,
             generated_tokens=int(r.generated_tokens),
+            model=r.model,
+            view_stamp_ns=int(r.view_stamp.sec) * 1_000_000_000 + int(r.view_stamp.nanosec),
         )
 
     def _to_describe(self, r: Any, status: int) -> DescribeResult:

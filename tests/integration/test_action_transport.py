@@ -7,8 +7,10 @@ import os
 
 from action_msgs.msg import GoalStatus
 from llava3d_interfaces.action import Ground
-from rclpy.action import ActionClient
 
+# rclpy's ActionClient can lose a goal reply sent from the test thread while its
+# executor spins (llava3d_ros.client.LockedActionClient says how); tests use the fix.
+from llava3d_ros.client import LockedActionClient
 from tests.ros_harness import wait_future, wait_until
 
 SERVER = ["-m", "tests.integration.scripted_ground_server"]
@@ -16,7 +18,7 @@ SERVER = ["-m", "tests.integration.scripted_ground_server"]
 
 def _connect(client_side, start_process):  # type: ignore[no-untyped-def]
     server = start_process(SERVER, name="ground_server")
-    client = ActionClient(client_side.node, Ground, "/llava3d/ground")
+    client = LockedActionClient(client_side.node, Ground, "/llava3d/ground")
     assert client.wait_for_server(timeout_sec=30.0), server.log_text()
     return server, client
 

@@ -13,8 +13,10 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from llava3d_interfaces.action import Ask, Describe, Ground
 from llava3d_interfaces.msg import MemoryStats
 from llava3d_interfaces.srv import ClearMemory, LoadMemory, SaveMemory
-from rclpy.action import ActionClient
 
+# rclpy's ActionClient can lose a goal reply sent from the test thread while its
+# executor spins (llava3d_ros.client.LockedActionClient says how); tests use the fix.
+from llava3d_ros.client import LockedActionClient
 from tests.rgbd_player import RgbdPlayer, middlebury_frame
 from tests.ros_harness import wait_future, wait_until
 
@@ -64,9 +66,9 @@ class NodeUnderTest:
         self.node = node
         self.stats: list[MemoryStats] = []
         node.create_subscription(MemoryStats, "/llava3d/memory_stats", self.stats.append, 10)
-        self.ground = ActionClient(node, Ground, "/llava3d/ground")
-        self.ask = ActionClient(node, Ask, "/llava3d/ask")
-        self.describe = ActionClient(node, Describe, "/llava3d/describe")
+        self.ground = LockedActionClient(node, Ground, "/llava3d/ground")
+        self.ask = LockedActionClient(node, Ask, "/llava3d/ask")
+        self.describe = LockedActionClient(node, Describe, "/llava3d/describe")
         self.player = RgbdPlayer(node)
         assert self.ground.wait_for_server(timeout_sec=60.0), self.proc.log_text()
         wait_until(self.player.subscribers_ready, 30.0, "node subscriptions")

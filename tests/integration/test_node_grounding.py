@@ -21,9 +21,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from llava3d_interfaces.action import Ground, Segment
-from rclpy.action import ActionClient
 
-from llava3d_ros.client import cloud_to_points
+# rclpy's ActionClient can lose a goal reply sent from the test thread while its
+# executor spins (llava3d_ros.client.LockedActionClient says how); tests use the fix.
+from llava3d_ros.client import LockedActionClient, cloud_to_points
 from tests.integration.test_node import NodeUnderTest
 from tests.rgbd_player import RgbdFrame
 from tests.ros_harness import wait_until
@@ -152,7 +153,7 @@ def test_frames_in_memory_grows_ground_returns_the_right_object(
     assert hits >= 5, f"top box on the queried object for {hits} of {len(spec.objects)}"
 
     # ~/segment: the instances and their surface points, as the pipeline has them.
-    segment = ActionClient(n.node, Segment, "/llava3d/segment")
+    segment = LockedActionClient(n.node, Segment, "/llava3d/segment")
     assert segment.wait_for_server(timeout_sec=10.0)
     segmented = 0
     for obj in spec.objects:

@@ -169,6 +169,15 @@ def test_view_questions_go_to_the_2d_model_with_the_latest_keyframe(
     r = n.send(n.ask, Ask.Goal(question="What is this?", mode="sideways")).result
     assert r.error_code == Ask.Result.BAD_QUERY and "view" in r.error_msg
 
+    # The planner API reports which model and which keyframe answered.
+    from llava3d_ros.client import Llava3DClient
+
+    with Llava3DClient() as client:
+        assert client.wait_for_server(30.0)
+        a = client.ask("What do you see?", max_new_tokens=2)
+        assert a.ok and a.answered_by == "view" and a.model == str(view_model)
+        assert a.view_stamp_ns == 12_000_000_000
+
 
 def test_a_3d_checkpoint_is_refused_as_the_view_model(
     client_side, start_process, tmp_path, tiny_models

@@ -21,10 +21,12 @@ from llava3d_interfaces.action import Ask, Describe, Ground
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
-from rclpy.action import ActionClient
 from sensor_msgs.msg import CameraInfo
 from tf2_msgs.msg import TFMessage
 
+# rclpy's ActionClient can lose a goal reply sent from the test thread while its
+# executor spins (llava3d_ros.client.LockedActionClient says how); tests use the fix.
+from llava3d_ros.client import LockedActionClient
 from llava3d_ros.ros.conversions import ns_to_stamp
 from tests.integration.test_node import NO_HEAD, NodeUnderTest, _feed, write_params
 from tests.model_fixtures import make_tiny_clip, make_tiny_lmm
@@ -79,7 +81,7 @@ def test_namespaced_nodes_do_not_collide(client_side, start_process, tmp_path) -
         )
     node = client_side.node
     for ns in ("robot1", "robot2"):
-        client = ActionClient(node, Ground, f"/{ns}/llava3d/ground")
+        client = LockedActionClient(node, Ground, f"/{ns}/llava3d/ground")
         assert client.wait_for_server(timeout_sec=60.0), ns
         handle = wait_future(client.send_goal_async(Ground.Goal(query="mug")), 10.0, "accept")
         assert handle.accepted
@@ -88,7 +90,7 @@ def test_namespaced_nodes_do_not_collide(client_side, start_process, tmp_path) -
         names = {n for n, _ in node.get_service_names_and_types()}
         assert f"/{ns}/llava3d/save_memory" in names
     # Nothing was served under the un-namespaced name.
-    assert not ActionClient(node, Ground, "/llava3d/ground").wait_for_server(timeout_sec=0.5)
+    assert not LockedActionClient(node, Ground, "/llava3d/ground").wait_for_server(timeout_sec=0.5)
 
 
 def _set(n: NodeUnderTest, name: str, value: float) -> tuple[bool, str]:
