@@ -910,13 +910,25 @@ class ScenePipeline:
             on_text=on_text,
             cancel=cancel,
         )
+        # Boxes the model wrote ([x1, y1, x2, y2], normalised) framed on the kept depth.
+        from llava3d_ros.core.lmm.view import parse_image_boxes
+
+        h, w = chosen.rgb.shape[:2]
+        lifted = [
+            chosen.lift_box(self.view.to_pixels(b, h, w)) for b in parse_image_boxes(answer.text)
+        ]
+        boxes = [
+            Box3D(b.center, np.maximum(b.size, 1e-3), 0.0, "answer", 1.0, b.num_voxels)
+            for b in lifted
+            if b is not None
+        ]
         timings.update(encode=encode_s, prefill=answer.prefill_s, total=time.perf_counter() - t0)
         code = CANCELED if answer.cancelled else OK
         return LmmOutcome(
             code,
             "cancelled" if answer.cancelled else note,
             answer.text,
-            [],
+            boxes,
             answer.num_tokens,
             int(answer.scene_tokens),
             timings,

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import CameraIntrinsics
+from .geometry import CameraIntrinsics, transform_points, unproject
+from .spatial import Box3D
 
 # Depth nearer than the point by more than this hides it (metres): fused-depth noise and
 # the object's own thickness stay under it.
 DEFAULT_OCCLUSION_TOLERANCE_M = 0.3
+# Lifting a 2D box: pixels within this depth of the box centre's depth are the object
+# (the rest is what lies behind or in front of it inside the rectangle).
+DEFAULT_OBJECT_DEPTH_BAND_M = 0.3
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,39 @@ class KeyframeView:
         if np.isfinite(d) and d < p[2] - tolerance_m:
             return None  # something nearer covers it
         return float(p[2] / np.linalg.norm(p))
+
+    def lift_box(
+        self,
+        rect: tuple[float, float, float, float],
+        label: str = "",
+        band_m: float = DEFAULT_OBJECT_DEPTH_BAND_M,
+        min_pixels: int = 10,
+    ) -> Box3D | None:
+        """A 2D box (u0, v0, u1, v1 in this view's pixels) -> the map-frame box of the
+        surface it frames: the valid depth in the rectangle, kept within ``band_m`` of
+        the median depth of its central half (the object, not the wall behind it), its
+        2nd..98th percentile extent. None when too few pixels have depth."""
+        k = self.intrinsics
+        u0, v0, u1, v1 = (float(x) for x in rect)
+        c0, c1 = max(0, int(np.floor(u0))), min(k.width, int(np.ceil(u1)))
+        r0, r1 = max(0, int(np.floor(v0))), min(k.height, int(np.ceil(v1)))
+        if c1 - c0 < 1 or r1 - r0 < 1:
+            return None
+        depth = self.depth_m[r0:r1, c0:c1]
+        h, w = depth.shape
+        centre = depth[h // 4 : h - h // 4 or h, w // 4 : w - w // 4 or w]
+        centre = centre[np.isfinite(centre)]
+        if centre.size == 0:
+            return None
+        keep = np.isfinite(depth) & (np.abs(depth - np.median(centre)) <= band_m)
+        if int(keep.sum()) < min_pixels:
+            return None
+        full = np.full(self.depth_m.shape, np.nan, np.float32)
+        full[r0:r1, c0:c1] = np.where(keep, depth, np.nan)
+        pts = unproject(full, k)[r0:r1, c0:c1][keep]
+        pts = transform_points(self.t_map_camera, pts.astype(np.float64))
+        lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
+        return Box3D.from_min_max(lo, hi, label=label, score=1.0, num_voxels=int(keep.sum()))
 
 
 class ViewRing:

@@ -39,7 +39,7 @@ from llava3d_ros.core.lmm import (
     load_llava3d,
     load_tokenizer,
 )
-from llava3d_ros.core.lmm.view import check_view_tower, load_view_tower
+from llava3d_ros.core.lmm.view import check_view_tower, load_view_tower, parse_image_boxes
 from llava3d_ros.core.views import ViewRing
 from tests.lmm_fixtures import (
     make_sentencepiece_tokenizer,
@@ -135,7 +135,7 @@ def test_hostile_bin_files_are_refused(models: dict[str, Path], tmp_path: Path) 
             return (print, ("pwned",))
 
     shard = sorted(d.glob("*.bin"))[0]
-    shard.write_bytes(pickle.dumps({"model.embed_tokens.weight": Boom()}))
+    shard.write_bytes(pickle.dumps({"model.embed_tokens.weight": Boom()}, protocol=2))
     with pytest.raises(CheckpointError, match="cannot read"):
         load_llava2d(d, device="cpu")
 
@@ -431,3 +431,77 @@ def test_the_pipeline_answers_view_questions_from_its_kept_keyframes(
     assert out.view_stamp_ns == stamps[-1] and "latest" in out.message
     facing.clear()
     assert facing.ask_view("What do you see?").code == pl.EMPTY_MEMORY
+
+
+# -- 2D boxes in view answers, lifted to 3D ---------------------------------------------------
+
+
+def test_normalised_2d_boxes_are_read_from_answers() -> None:
+    text = "The mug [0.1, 0.2, 0.5,0.6] and the cup [.5,.5,.9,1]; not [0.5,0.5,0.2,0.9]"
+    assert parse_image_boxes(text) == [(0.1, 0.2, 0.5, 0.6), (0.5, 0.5, 0.9, 1.0)]
+    assert parse_image_boxes("[1, 2, 3, 4] [0.1,0.2,0.3,0.4,0.5,0.6] [0.1, 0.2, 0.3]") == []
+
+
+def test_boxes_of_the_square_map_back_to_frame_pixels(answerer: ViewAnswerer) -> None:
+    # Padded (LLaVA-1.5): a 64 x 48 frame sits 8 px down in a 64 x 64 square.
+    assert answerer.to_pixels((0.0, 0.0, 1.0, 1.0), 48, 64) == (0.0, -8.0, 64.0, 56.0)
+    assert answerer.to_pixels((0.0, 0.125, 1.0, 0.875), 48, 64) == (0.0, 0.0, 64.0, 48.0)
+    assert answerer.to_pixels((0.0, 0.0, 1.0, 1.0), 64, 48) == (-8.0, 0.0, 56.0, 64.0)
+    # Centre crop (checkpoints without pad): the square is the frame's middle, columns
+    # 8..56 as CLIP's processor cuts them (56 px input).
+    config = answerer.chat.model.config
+    config.image_aspect_ratio = None
+    try:
+        assert answerer.to_pixels((0.0, 0.0, 1.0, 1.0), 48, 64) == (8.0, 0.0, 56.0, 48.0)
+    finally:
+        config.image_aspect_ratio = "pad"
+
+
+def _block_view(ring: ViewRing, t_map_camera: np.ndarray) -> None:
+    depth = np.full((48, 64), 3.0, np.float32)  # a wall at 3 m
+    depth[10:30, 20:40] = 1.0  # a block 1 m in front of the camera
+    depth[10:12, 20:22] = np.nan
+    ring.add(5, _frame(), depth, K, t_map_camera)
+
+
+def test_a_2d_box_lifts_to_the_surface_it_frames_not_the_wall_behind() -> None:
+    ring = ViewRing(1)
+    pose = np.eye(4)
+    pose[:3, 3] = [10.0, 0.0, 0.0]  # the map is not the camera frame
+    _block_view(ring, pose)
+    view = ring.latest()
+    assert view is not None
+    box = view.lift_box((15.0, 5.0, 45.0, 35.0), "mug")  # the block plus wall around it
+    assert box is not None and box.label == "mug" and box.num_voxels == 20 * 20 - 4
+    # The block spans columns 20..39 at 1 m: x from (20 - 32) / 50 to (39 - 32) / 50.
+    np.testing.assert_allclose(
+        box.center, [10.0 + (-0.24 + 0.14) / 2, (-0.28 + 0.1) / 2, 1.0], atol=0.02
+    )
+    assert abs(box.size[0] - 0.38) < 0.03 and box.size[2] < 1e-6
+    assert view.lift_box((70.0, 0.0, 80.0, 10.0)) is None  # outside the image
+    assert view.lift_box((20.0, 10.0, 22.0, 12.0)) is None  # no depth there
+
+
+def test_view_answers_carry_their_boxes_in_3d(
+    models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llava3d_ros.core import pipeline as pl
+    from llava3d_ros.core.encoders import create_encoders
+    from llava3d_ros.core.lmm import LmmAnswer
+
+    bundle = create_encoders({"backend": "hf_clip", "model": str(models["clip"])})
+    view = ViewAnswerer.load(models["view"], shared_tower=bundle.image, device="cpu")
+    pipe = pl.ScenePipeline(
+        pl.PipelineConfig.from_dict({"objects": {"enabled": False}}), bundle, None, view
+    )
+    depth = np.full((48, 64), 3.0, np.float32)
+    depth[10:30, 20:40] = 1.0
+    pipe.process_frame(_frame(), depth, K, np.eye(4), 1.0, force=True)
+    # The block in the square the model saw: columns 20..40 of 64, rows 8 + 10..30.
+    said = "The mug is at [0.3125, 0.28125, 0.625, 0.59375]."
+    monkeypatch.setattr(
+        view.chat, "answer", lambda *a, **k: LmmAnswer(said, [], 9, 0.0, 0.0, False)
+    )
+    out = pipe.ask_view("Where is the mug in this image?")
+    assert out.code == pl.OK and out.text == said and len(out.boxes) == 1
+    assert abs(out.boxes[0].center[2] - 1.0) < 1e-6 and out.boxes[0].label == "answer"

@@ -16,8 +16,11 @@ from ``mm_vision_tower`` or a given directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +55,24 @@ def expand_to_square(rgb: np.ndarray, background: Sequence[int]) -> np.ndarray:
     out[:] = np.asarray(background, np.uint8)
     top, left = (s - h) // 2, (s - w) // 2
     out[top : top + h, left : left + w] = rgb
+    return out
+
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+_RECT_RE = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
+
+
+def parse_image_boxes(text: str) -> list[tuple[float, float, float, float]]:
+    """The 2D boxes in an answer: ``[x1, y1, x2, y2]`` normalised to 0..1 (LLaVA-1.5's
+    referring format, in the square image the model saw), in order. Four-number lists
+    outside 0..1 or with x2 <= x1 or y2 <= y1 are not boxes."""
+    out = []
+    for m in _RECT_RE.finditer(text):
+        x0, y0, x1, y1 = (float(v) for v in m.groups())
+        if all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)) and (
+            x1 > x0 and y1 > y0
+        ):
+            out.append((x0, y0, x1, y1))
     return out
 
 
@@ -160,6 +181,22 @@ class ViewAnswerer:
             square = expand_to_square(rgb, background_colour(self.tower.image_mean))
             return self.tower.preprocess([square], crop="center")
         return self.tower.preprocess([rgb], crop="center")
+
+    def to_pixels(
+        self, box: tuple[float, float, float, float], height: int, width: int
+    ) -> tuple[float, float, float, float]:
+        """A normalised box of the square the model saw -> (u0, v0, u1, v1) pixels of the
+        (height x width) frame: undoes the padding (or the centre crop)."""
+        side = float(max(height, width) if self.chat.model.config.pads_to_square else 0)
+        if side:  # padded: the frame sits centred in a side x side square
+            top, left = (int(side) - height) // 2, (int(side) - width) // 2
+        else:  # centre crop: the square is the frame's middle
+            side = float(min(height, width))
+            crop = dataclasses.replace(self.tower.geometry, crop="center")
+            r0, _, c0, _ = crop.source_region(height, width)
+            top, left = -r0, -c0
+        x0, y0, x1, y1 = box
+        return x0 * side - left, y0 * side - top, x1 * side - left, y1 * side - top
 
     def image_features(self, rgb: np.ndarray) -> torch.Tensor:
         """(P, mm_hidden) patch features of one frame (P = 576 for ViT-L/14-336)."""
