@@ -7,6 +7,7 @@ final, and greedy decoding is a plain argmax (same call -> same tokens).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -89,6 +90,13 @@ class LmmAnswer:
     prompt_tokens: int = 0  # LLM input length (text + scene + location tokens)
     scene_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
+
+
+def _cache_argument(llm: Any) -> str:
+    """The LLM's name for its KV-cache argument: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40)."""
+    params = inspect.signature(type(llm).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _sync(device: torch.device) -> None:
@@ -280,12 +288,8 @@ class LlavaChat:
             if self.kv_cache == "static"
             else DynamicCache(config=llm.config)
         )
-        out = llm(
-            inputs_embeds=prepared.inputs_embeds,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        kv = {_cache_argument(llm): cache}
+        out = llm(inputs_embeds=prepared.inputs_embeds, use_cache=True, logits_to_keep=1, **kv)
         logits = out.logits[0, -1]
         _sync(device)
         t_prefill = time.perf_counter()
@@ -308,7 +312,7 @@ class LlavaChat:
             if len(tokens) == max_new_tokens:
                 break
             step = torch.tensor([[tok]], device=device)
-            out = llm(input_ids=step, past_key_values=cache, use_cache=True)
+            out = llm(input_ids=step, use_cache=True, **kv)
             logits = out.logits[0, -1]
         text = stream.finish()
         _sync(device)
