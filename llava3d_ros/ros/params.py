@@ -172,7 +172,7 @@ class EncoderChoice:
     backend: str = option(
         "dinov2_onnx",
         "encoder backend (see llava3d_ros.core.encoders)",
-        choices=("dinov2_onnx", "hf_clip"),
+        choices=("dinov2_onnx", "dinov2_torch", "hf_clip"),
     )
 
 
@@ -327,6 +327,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = _build_table()
 # Backend -> (module, options dataclass): the typed options a backend accepts.
 _BACKEND_OPTIONS: dict[str, tuple[str, str]] = {
     "dinov2_onnx": ("llava3d_ros.core.encoders.onnx_dinov2", "DinoV2OnnxOptions"),
+    "dinov2_torch": ("llava3d_ros.core.encoders.dinov2_torch", "DinoV2TorchOptions"),
     "hf_clip": ("llava3d_ros.core.encoders.hf_clip", "HFClipOptions"),
 }
 
@@ -427,14 +428,14 @@ def encoder_config_from_params(backend: str, values: Mapping[str, Any]) -> dict[
     """``encoder.*`` parameter values -> the registry's config mapping. Empty strings
     (unset) are left out so the backend's own default (often None) applies.
 
-    ``dinov2_onnx`` without a ``head_path`` gets the shipped alignment head, so the
+    The DINOv2 backends without a ``head_path`` get the shipped alignment head, so the
     default configuration grounds language; ``head_path: none`` turns grounding off."""
     config: dict[str, Any] = {"backend": backend}
     for key, value in values.items():
         if value == "" or key == "backend":
             continue
         config[key] = value
-    if backend == "dinov2_onnx":
+    if backend in ("dinov2_onnx", "dinov2_torch"):
         if str(config.get("head_path", "")).lower() == "none":
             config.pop("head_path")
         elif "head_path" not in config:

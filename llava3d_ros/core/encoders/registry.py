@@ -29,6 +29,7 @@ TextFactory = Callable[[Mapping[str, Any]], TextEncoder]
 # Built-in names -> module that registers them when imported (lazy: nothing heavy until used).
 _BUILTIN_BACKENDS: dict[str, str] = {
     "dinov2_onnx": "llava3d_ros.core.encoders.onnx_dinov2",
+    "dinov2_torch": "llava3d_ros.core.encoders.dinov2_torch",
     "hf_clip": "llava3d_ros.core.encoders.hf_clip",
 }
 _BUILTIN_TEXT: dict[str, str] = {
