@@ -85,7 +85,12 @@ class MemoryConfig:
         0.0, "evict voxels farther than this from robot_frame; 0 = off", 0.0, 1000.0
     )
     max_age_s: float = option(0.0, "evict voxels not seen for this long; 0 = off", 0.0, 1e7)
-    device: str = option("auto", "torch device of the memory", choices=("auto", "cpu", "cuda"))
+    device: str = option(
+        "auto",
+        "torch device of the memory (lifting, fusion, grounding, pooling); auto = the "
+        "top-level device",
+        choices=("auto", "cpu", "cuda"),
+    )
     feature_dtype: str = option(
         "float32",
         "storage dtype of voxel features (float16 halves memory on GPUs)",

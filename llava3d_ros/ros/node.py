@@ -198,6 +198,10 @@ class Llava3DNode(LifecycleNode):
                 torch.set_num_threads(settings.ingest.torch_threads)
             encoder_config = self._encoder_config(settings.encoder.backend)
             config = P.pipeline_config_from_params(self._values(), encoder_config)
+            plan, encoder_config, config, settings = P.apply_device_plan(
+                settings.compute.device, encoder_config, config, settings
+            )
+            self.get_logger().info(plan.summary())
             self.get_logger().info(f"loading encoder {encoder_config}")
             bundle = create_encoders(encoder_config)
             lmm = self._load_lmm(settings, config)

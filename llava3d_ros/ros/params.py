@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from llava3d_ros.core.devices import DEVICE_CHOICES, DevicePlan, plan_devices
 from llava3d_ros.core.options import check_options, iter_options, option
 from llava3d_ros.core.pipeline import (
     PIPELINE_SECTIONS,
@@ -31,6 +32,16 @@ from llava3d_ros.core.pipeline import (
 )
 
 # --------------------------------------------------------------------------- node settings
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    device: str = option(
+        "auto",
+        "where every stage left at auto runs (encoder, memory, geometry, language models): "
+        "auto = cuda when torch sees a GPU; cuda without one fails configure",
+        choices=DEVICE_CHOICES,
+    )
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,7 @@ class LmmLoading:
     )
     device: str = option(
         "auto",
-        "device of the language model (auto = cuda when available)",
+        "device of the language model (auto = the top-level device)",
         choices=("auto", "cpu", "cuda"),
     )
     dtype: str = option(
@@ -225,7 +236,7 @@ class ViewLoading:
     )
     device: str = option(
         "auto",
-        "device of the view model and its tower (auto = cuda when available)",
+        "device of the view model and its tower (auto = the top-level device)",
         choices=("auto", "cpu", "cuda"),
     )
     dtype: str = option(
@@ -244,6 +255,7 @@ class ViewLoading:
 class NodeSettings:
     """What the node itself reads from its parameters (the pipeline gets PipelineConfig)."""
 
+    compute: ComputeSettings = dataclasses.field(default_factory=ComputeSettings)
     inputs: InputSettings = dataclasses.field(default_factory=InputSettings)
     sync: SyncSettings = dataclasses.field(default_factory=SyncSettings)
     tf: TfSettings = dataclasses.field(default_factory=TfSettings)
@@ -258,6 +270,7 @@ class NodeSettings:
 
 #: (parameter prefix, NodeSettings attribute, dataclass), in params-file order.
 NODE_SECTIONS: tuple[tuple[str, str, type], ...] = (
+    ("", "compute", ComputeSettings),
     ("", "inputs", InputSettings),
     ("sync.", "sync", SyncSettings),
     ("tf.", "tf", TfSettings),
@@ -299,7 +312,7 @@ def _specs(prefix: str, cls: type) -> list[ParamSpec]:
 
 def _build_table() -> tuple[ParamSpec, ...]:
     specs: list[ParamSpec] = []
-    order = [NODE_SECTIONS[0], *NODE_SECTIONS[1:4]]
+    order = list(NODE_SECTIONS[0:5])
     for prefix, _attr, cls in order:
         specs += _specs(prefix, cls)
     for section, cls in PIPELINE_SECTIONS.items():
@@ -500,3 +513,60 @@ def params_yaml(backend: str | None = None, node_name: str = "/**") -> str:
 def print_params_yaml(args: Any) -> int:
     print(params_yaml(getattr(args, "encoder", None)), end="")
     return 0
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def _encoder_device_setting(backend: str, encoder: Mapping[str, Any]) -> str:
+    """The encoder's device as a plan input: "auto" when it follows the top-level device.
+    dinov2_onnx's defaults (CPU provider, tensors on the CPU) count as following it."""
+    if backend == "dinov2_onnx":
+        providers = list(encoder.get("providers", ["cpu"]))
+        if encoder.get("device", "cpu") == "cpu" and providers == ["cpu"]:
+            return "auto"
+        return str(encoder.get("device", "cpu"))
+    return str(encoder.get("device", "auto"))
+
+
+def apply_device_plan(
+    compute: str,
+    encoder: Mapping[str, Any],
+    config: PipelineConfig,
+    settings: NodeSettings,
+    *,
+    has_cuda: bool | None = None,
+    open3d_cuda: bool | None = None,
+) -> tuple[DevicePlan, dict[str, Any], PipelineConfig, NodeSettings]:
+    """Every stage left at auto on the top-level ``device`` (see core.devices): returns
+    the plan and the encoder config, pipeline config and node settings that carry it."""
+    backend = str(encoder.get("backend", ""))
+    plan = plan_devices(
+        compute,
+        encoder=_encoder_device_setting(backend, encoder),
+        memory=config.memory.device,
+        geometry=config.geometry.device,
+        lmm=settings.lmm.device,
+        view=settings.view.device,
+        has_cuda=has_cuda,
+        open3d_cuda=open3d_cuda,
+    )
+    enc = dict(encoder)
+    enc["device"] = plan.encoder
+    if (
+        backend == "dinov2_onnx"
+        and plan.encoder == "cuda"
+        and list(enc.get("providers", ["cpu"])) == ["cpu"]
+    ):
+        enc["providers"] = ["cuda", "cpu"]  # onnxruntime-gpu's CUDA provider when installed
+    config = dataclasses.replace(
+        config,
+        memory=dataclasses.replace(config.memory, device=plan.memory),
+        geometry=dataclasses.replace(config.geometry, device=plan.geometry),
+    )
+    settings = dataclasses.replace(
+        settings,
+        lmm=dataclasses.replace(settings.lmm, device=plan.lmm),
+        view=dataclasses.replace(settings.view, device=plan.view),
+    )
+    return plan, enc, config, settings

@@ -157,8 +157,8 @@ class GeometryConfig:
     )
     device: str = option(
         "auto",
-        "open3d device: auto (CUDA:0 when open3d has CUDA and a GPU is there, else "
-        "CPU:0), CPU:0 or CUDA:<n>",
+        "open3d device: auto (the top-level device: CUDA:0 when it is cuda and this open3d "
+        "build has CUDA, else CPU:0), CPU:0 or CUDA:<n>",
     )
 
     def __post_init__(self) -> None:

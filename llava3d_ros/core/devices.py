@@ -1,0 +1,101 @@
+"""One device setting for every stage: encoder, memory (lifting, fusion, grounding,
+pooling), geometry (the TSDF and instance layer), the language models.
+
+The top-level ``device`` (auto, cpu, cuda) is what every stage left at ``auto`` runs on;
+a stage given its own device keeps it. ``auto`` at the top means CUDA when torch sees a
+GPU. open3d names devices its own way (``CUDA:0``) and may be a CPU-only build: then
+the geometry stays on the CPU and :func:`plan_devices` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def open3d_has_cuda() -> bool:
+    try:
+        import open3d.core as o3c
+
+        return bool(o3c.cuda.is_available())
+    except (ImportError, AttributeError):
+        return False
+
+
+def resolve_compute_device(name: str, has_cuda: bool | None = None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an
+    error (a robot configured for its GPU must not silently run 20x slower)."""
+    if name not in DEVICE_CHOICES:
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {name!r}")
+    has = cuda_available() if has_cuda is None else has_cuda
+    if name == "auto":
+        return "cuda" if has else "cpu"
+    if name == "cuda" and not has:
+        raise ValueError("device is cuda but torch sees no CUDA device (use auto or cpu)")
+    return name
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where each stage runs (torch names, open3d's for the geometry) and why."""
+
+    compute: str
+    encoder: str
+    memory: str
+    geometry: str
+    lmm: str
+    view: str
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        text = (
+            f"device {self.compute}: encoder {self.encoder}, memory {self.memory}, geometry "
+            f"{self.geometry}, lmm {self.lmm}, view {self.view}"
+        )
+        return text + "".join(f"; {n}" for n in self.notes)
+
+
+def plan_devices(
+    compute: str,
+    *,
+    encoder: str = "auto",
+    memory: str = "auto",
+    geometry: str = "auto",
+    lmm: str = "auto",
+    view: str = "auto",
+    has_cuda: bool | None = None,
+    open3d_cuda: bool | None = None,
+) -> DevicePlan:
+    """Each stage's device: its own setting, or the resolved top-level ``compute`` device
+    for a stage left at ``auto``."""
+    top = resolve_compute_device(compute, has_cuda)
+    notes: list[str] = []
+
+    def torch_stage(setting: str) -> str:
+        return top if setting == "auto" else setting
+
+    if geometry != "auto":
+        geo = geometry
+    elif top == "cuda":
+        has_o3d = open3d_has_cuda() if open3d_cuda is None else open3d_cuda
+        geo = "CUDA:0" if has_o3d else "CPU:0"
+        if not has_o3d:
+            notes.append("geometry on CPU:0: this open3d build has no CUDA (the gpu extra)")
+    else:
+        geo = "CPU:0"
+    return DevicePlan(
+        compute=top,
+        encoder=torch_stage(encoder),
+        memory=torch_stage(memory),
+        geometry=geo,
+        lmm=torch_stage(lmm),
+        view=torch_stage(view),
+        notes=tuple(notes),
+    )
