@@ -862,21 +862,8 @@ class ScenePipeline:
             frame=frame,
         )
         timings.update(prefill=answer.prefill_s, total=time.perf_counter() - t0)
-        boxes = [
-            Box3D(np.asarray(b.center), np.maximum(np.asarray(b.size), 1e-3), 0.0, "answer", 1.0)
-            for b in answer.boxes
-        ]
-        code = CANCELED if answer.cancelled else OK
-        return LmmOutcome(
-            code,
-            "cancelled" if answer.cancelled else "",
-            answer.text,
-            boxes,
-            answer.num_tokens,
-            int(answer.scene_tokens),
-            timings,
-            model=str(getattr(self.lmm, "name", "")),
-        )
+        boxes = [Box3D(np.asarray(b.center), np.asarray(b.size)) for b in answer.boxes]
+        return _model_outcome(answer, boxes, timings, model=str(getattr(self.lmm, "name", "")))
 
     def ask_view(
         self,
@@ -916,28 +903,15 @@ class ScenePipeline:
             cancel=cancel,
         )
         # Boxes the model wrote ([x1, y1, x2, y2], normalised) framed on the kept depth.
-        from llava3d_ros.core.lmm.view import parse_image_boxes
-
         h, w = chosen.rgb.shape[:2]
-        lifted = [
-            chosen.lift_box(self.view.to_pixels(b, h, w)) for b in parse_image_boxes(answer.text)
-        ]
-        boxes = [
-            Box3D(b.center, np.maximum(b.size, 1e-3), 0.0, "answer", 1.0, b.num_voxels)
-            for b in lifted
-            if b is not None
-        ]
+        lifted = [chosen.lift_box(r) for r in self.view.pixel_boxes(answer.text, h, w)]
         timings.update(encode=encode_s, prefill=answer.prefill_s, total=time.perf_counter() - t0)
-        code = CANCELED if answer.cancelled else OK
-        return LmmOutcome(
-            code,
-            "cancelled" if answer.cancelled else note,
-            answer.text,
-            boxes,
-            answer.num_tokens,
-            int(answer.scene_tokens),
+        return _model_outcome(
+            answer,
+            [b for b in lifted if b is not None],
             timings,
             model=str(self.view.name),
+            note=note,
             view_stamp_ns=chosen.stamp_ns,
         )
 
@@ -1057,6 +1031,33 @@ class ScenePipeline:
                 else:
                     self.objects.clear()
         return len(loaded)
+
+
+def _model_outcome(
+    answer: Any,
+    boxes: list[Box3D],
+    timings: dict[str, float],
+    *,
+    model: str,
+    note: str = "",
+    view_stamp_ns: int = 0,
+) -> LmmOutcome:
+    """A language model's answer (``core.lmm.LmmAnswer``) as an outcome; its boxes labelled
+    "answer", at least 1 mm on a side (a flat box is still a valid BoundingBox3D)."""
+    labelled = [
+        Box3D(b.center, np.maximum(b.size, 1e-3), 0.0, "answer", 1.0, b.num_voxels) for b in boxes
+    ]
+    return LmmOutcome(
+        CANCELED if answer.cancelled else OK,
+        "cancelled" if answer.cancelled else note,
+        answer.text,
+        labelled,
+        answer.num_tokens,
+        int(answer.scene_tokens),
+        timings,
+        model=model,
+        view_stamp_ns=view_stamp_ns,
+    )
 
 
 def _fmt(p: np.ndarray) -> str:

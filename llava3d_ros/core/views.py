@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import CameraIntrinsics, transform_points, unproject
+from .geometry import CameraIntrinsics, transform_points
 from .spatial import Box3D
 
 # Depth nearer than the point by more than this hides it (metres): fused-depth noise and
@@ -86,10 +86,11 @@ class KeyframeView:
         keep = np.isfinite(depth) & (np.abs(depth - np.median(centre)) <= band_m)
         if int(keep.sum()) < min_pixels:
             return None
-        full = np.full(self.depth_m.shape, np.nan, np.float32)
-        full[r0:r1, c0:c1] = np.where(keep, depth, np.nan)
-        pts = unproject(full, k)[r0:r1, c0:c1][keep]
-        pts = transform_points(self.t_map_camera, pts.astype(np.float64))
+        rows, cols = np.nonzero(keep)
+        z = depth[rows, cols].astype(np.float64)
+        x = (cols + c0 - k.cx) / k.fx * z  # the pinhole back-projection of ``unproject``
+        y = (rows + r0 - k.cy) / k.fy * z
+        pts = transform_points(self.t_map_camera, np.stack([x, y, z], axis=1))
         lo, hi = np.percentile(pts, 2, axis=0), np.percentile(pts, 98, axis=0)
         return Box3D.from_min_max(lo, hi, label=label, score=1.0, num_voxels=int(keep.sum()))
 

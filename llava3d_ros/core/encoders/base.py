@@ -156,3 +156,34 @@ def check_images(images: Sequence[np.ndarray]) -> None:
             raise ValueError(f"image {i}: expected uint8 pixels, got {img.dtype}")
         if img.shape[0] < 2 or img.shape[1] < 2:
             raise ValueError(f"image {i}: too small ({img.shape[0]}x{img.shape[1]})")
+
+
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_torch_device(device: str, backend: str) -> torch.device:
+    """``auto`` -> CUDA when available; a CUDA device without CUDA is an EncoderError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EncoderError(f"{backend}: device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_torch_dtype(dtype: str, device: torch.device, backend: str) -> torch.dtype:
+    """``auto`` -> fp16 on CUDA, fp32 on CPU (CPU half kernels are slow)."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in _TORCH_DTYPES:
+        raise EncoderError(
+            f"{backend}: dtype must be auto or one of {sorted(_TORCH_DTYPES)}, got {dtype!r}"
+        )
+    return _TORCH_DTYPES[dtype]

@@ -30,11 +30,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import GROUND, VISION, EncoderBundle, EncoderError, ImageEncoder, PatchGeometry
+from .base import (
+    GROUND,
+    VISION,
+    EncoderBundle,
+    EncoderError,
+    ImageEncoder,
+    PatchGeometry,
+    resolve_torch_device,
+    resolve_torch_dtype,
+)
 from .onnx_dinov2 import (
     PATCH_SIZE,
     _parse_size,
     default_model_path,
+    feature_dims_with_head,
     head_and_text,
     head_label_bundle,
     imagenet_preprocess,
@@ -198,15 +208,9 @@ class DinoV2TorchEncoder(ImageEncoder):
         self._forward = torch.compile(self.net) if compile else self.net
         self._head = head
         self.vision_dim = int(net.config.hidden_size)
-        self.feature_dims = {VISION: self.vision_dim}
-        if head is not None:
-            if head.in_dim != self.vision_dim:
-                raise EncoderError(
-                    f"dinov2_torch: alignment head takes {head.in_dim}-d features, this model "
-                    f"gives {self.vision_dim}-d"
-                )
-            head.to(self.device).eval()
-            self.feature_dims[GROUND] = head.out_dim
+        self.feature_dims = feature_dims_with_head(
+            self.vision_dim, head, self.device, "dinov2_torch"
+        )
 
     @property
     def max_batch_size(self) -> int:
@@ -246,31 +250,11 @@ class DinoV2TorchOptions:
     text_model_path: str | None = None
 
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
 @register_backend("dinov2_torch")
 def create_dinov2_torch(options: Mapping[str, Any]) -> EncoderBundle:
     opts = parse_options(DinoV2TorchOptions, options, "backend 'dinov2_torch'")
-    if opts.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(opts.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise EncoderError(f"dinov2_torch: device {opts.device!r} but CUDA is not available")
-    if opts.dtype == "auto":
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    elif opts.dtype in _DTYPES:
-        dtype = _DTYPES[opts.dtype]
-    else:
-        raise EncoderError(f"dinov2_torch: dtype must be auto or one of {sorted(_DTYPES)}")
+    device = resolve_torch_device(opts.device, "dinov2_torch")
+    dtype = resolve_torch_dtype(opts.dtype, device, "dinov2_torch")
     src = Path(opts.model_path).expanduser() if opts.model_path else default_model_path()
     if not src.is_file():
         raise EncoderError(f"dinov2_torch: model file not found: {src}")

@@ -62,6 +62,8 @@ from .base import (
     PatchGeometry,
     TextEncoder,
     check_images,
+    resolve_torch_device,
+    resolve_torch_dtype,
 )
 from .registry import parse_options, register_backend
 from .text_common import check_texts
@@ -106,32 +108,6 @@ def _looks_like_path(name: str) -> bool:
         or "\\" in name
         or os.path.exists(name)
     )
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderError(f"hf_clip: device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-    }
-    if dtype == "auto":
-        # Half precision on GPUs (LLaVA runs CLIP in fp16/bf16); CPU half kernels are slow.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in table:
-        raise EncoderError(f"hf_clip: dtype must be auto or one of {sorted(table)}, got {dtype!r}")
-    return table[dtype]
 
 
 def _check_model_type(model_type: Any, vision_tower: Any, name: str) -> None:
@@ -609,8 +585,9 @@ class HFClipOptions:
 @register_backend("hf_clip")
 def create_hf_clip(options: Mapping[str, Any]) -> EncoderBundle:
     opts = parse_options(HFClipOptions, options, "backend 'hf_clip'")
-    device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    device = resolve_torch_device(opts.device, "hf_clip")
+    # Half precision on GPUs (LLaVA runs CLIP in fp16/bf16).
+    dtype = resolve_torch_dtype(opts.dtype, device, "hf_clip")
     model, config = load_clip(opts.model, opts.allow_network, opts.revision)
     prep = load_preprocessing(opts.model, opts.allow_network, opts.revision)
     if opts.crop not in ("auto", *CROP_MODES):

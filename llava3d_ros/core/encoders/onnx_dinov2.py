@@ -237,6 +237,23 @@ def imagenet_preprocess(images: Sequence[np.ndarray], h: int, w: int) -> np.ndar
     return batch
 
 
+def feature_dims_with_head(
+    vision_dim: int, head: AlignmentHead | None, device: torch.device, backend: str
+) -> dict[str, int]:
+    """{"vision": width} plus {"ground": the head's width} with the head checked against the
+    features and moved to ``device``."""
+    dims = {VISION: vision_dim}
+    if head is not None:
+        if head.in_dim != vision_dim:
+            raise EncoderError(
+                f"{backend}: alignment head takes {head.in_dim}-d features, this model gives "
+                f"{vision_dim}-d"
+            )
+        head.to(device).eval()
+        dims[GROUND] = head.out_dim
+    return dims
+
+
 # --- encoder ------------------------------------------------------------------------------
 
 
@@ -334,15 +351,7 @@ class DinoV2OnnxEncoder(ImageEncoder):
             )
         self._n_prefix = n_prefix  # CLS (+ register tokens in "-reg" DINOv2 variants)
         self.vision_dim = int(dim)
-        self.feature_dims = {VISION: self.vision_dim}
-        if head is not None:
-            if head.in_dim != self.vision_dim:
-                raise EncoderError(
-                    f"dinov2_onnx: alignment head takes {head.in_dim}-d "
-                    f"features, this model gives {self.vision_dim}-d"
-                )
-            head.to(self.device).eval()
-            self.feature_dims[GROUND] = head.out_dim
+        self.feature_dims = feature_dims_with_head(self.vision_dim, head, self.device, self.name)
 
     @property
     def max_batch_size(self) -> int:

@@ -187,16 +187,24 @@ class ViewAnswerer:
     ) -> tuple[float, float, float, float]:
         """A normalised box of the square the model saw -> (u0, v0, u1, v1) pixels of the
         (height x width) frame: undoes the padding (or the centre crop)."""
-        side = float(max(height, width) if self.chat.model.config.pads_to_square else 0)
-        if side:  # padded: the frame sits centred in a side x side square
-            top, left = (int(side) - height) // 2, (int(side) - width) // 2
+        if self.chat.model.config.pads_to_square:  # the frame sits centred in the square
+            side = max(height, width)
+            row0, col0 = -((side - height) // 2), -((side - width) // 2)
         else:  # centre crop: the square is the frame's middle
-            side = float(min(height, width))
+            side = min(height, width)
             crop = dataclasses.replace(self.tower.geometry, crop="center")
-            r0, _, c0, _ = crop.source_region(height, width)
-            top, left = -r0, -c0
+            row0, _, col0, _ = crop.source_region(height, width)
         x0, y0, x1, y1 = box
-        return x0 * side - left, y0 * side - top, x1 * side - left, y1 * side - top
+        return (
+            float(col0 + x0 * side),
+            float(row0 + y0 * side),
+            float(col0 + x1 * side),
+            float(row0 + y1 * side),
+        )
+
+    def pixel_boxes(self, text: str, height: int, width: int) -> list[tuple[float, ...]]:
+        """The 2D boxes of an answer (:func:`parse_image_boxes`) in frame pixels."""
+        return [self.to_pixels(b, height, width) for b in parse_image_boxes(text)]
 
     def image_features(self, rgb: np.ndarray) -> torch.Tensor:
         """(P, mm_hidden) patch features of one frame (P = 576 for ViT-L/14-336)."""

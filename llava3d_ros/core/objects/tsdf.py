@@ -64,6 +64,7 @@ import open3d.core as o3c
 from numpy.typing import NDArray
 
 from llava3d_ros.core import voxel_keys as vk
+from llava3d_ros.core.devices import open3d_has_cuda
 from llava3d_ros.core.geometry import CameraIntrinsics, invert_transform
 from llava3d_ros.core.options import check_options, option
 
@@ -180,10 +181,7 @@ def resolve_device(name: str) -> str:
     """``auto`` -> ``CUDA:0`` when this open3d build has CUDA and a GPU is visible."""
     if name != "auto":
         return name
-    try:
-        return "CUDA:0" if o3c.cuda.is_available() else "CPU:0"
-    except AttributeError:  # pragma: no cover - builds without the cuda module
-        return "CPU:0"
+    return "CUDA:0" if open3d_has_cuda() else "CPU:0"
 
 
 @dataclass(frozen=True, eq=False)
