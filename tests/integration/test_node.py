@@ -294,7 +294,16 @@ def test_sim_time_follows_clock_received_off_the_query_executor(
         Clock, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
     )
     wait_until(lambda: clock.get_subscription_count() > 0, 30.0, "a /clock subscriber")
-    readers = {i.node_name for i in n.node.get_subscriptions_info_by_topic("/clock")}
+
+    # An endpoint is discovered before the participant's node names arrive (rmw sends them
+    # on ros_discovery_info), so the graph reports "_NODE_NAME_UNKNOWN_" for a while.
+    def clock_readers() -> set[str]:
+        return {i.node_name for i in n.node.get_subscriptions_info_by_topic("/clock")}
+
+    wait_until(
+        lambda: "_NODE_NAME_UNKNOWN_" not in clock_readers(), 30.0, "/clock readers named"
+    )
+    readers = clock_readers()
     assert readers == {"llava3d_sensors"}, readers
     clock.publish(Clock(clock=Time(sec=1234, nanosec=500_000_000)))
 
