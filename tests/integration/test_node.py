@@ -300,9 +300,7 @@ def test_sim_time_follows_clock_received_off_the_query_executor(
     def clock_readers() -> set[str]:
         return {i.node_name for i in n.node.get_subscriptions_info_by_topic("/clock")}
 
-    wait_until(
-        lambda: "_NODE_NAME_UNKNOWN_" not in clock_readers(), 30.0, "/clock readers named"
-    )
+    wait_until(lambda: "_NODE_NAME_UNKNOWN_" not in clock_readers(), 30.0, "/clock readers named")
     readers = clock_readers()
     assert readers == {"llava3d_sensors"}, readers
     clock.publish(Clock(clock=Time(sec=1234, nanosec=500_000_000)))
