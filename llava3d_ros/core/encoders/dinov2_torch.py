@@ -20,9 +20,11 @@ frame, ImageNet mean/std; ``"vision"`` = the final LayerNorm's patch tokens,
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,18 @@ from .base import (
     resolve_torch_device,
     resolve_torch_dtype,
 )
+from .engine_cache import (
+    EngineCache,
+    EngineKey,
+    file_sha256,
+    gpu_name,
+    shape_range,
+    tensorrt_version,
+)
 from .onnx_dinov2 import (
     PATCH_SIZE,
     _parse_size,
+    default_cache_dir,
     default_model_path,
     feature_dims_with_head,
     head_and_text,
@@ -63,6 +74,7 @@ _RENAMES = (
 )
 # Only masked-image training uses it; inference never reads it (the export dropped it).
 MASK_TOKEN = "embeddings.mask_token"
+ENGINE_FILE = "engine.ep"  # a torch-tensorrt engine saved as an ExportedProgram
 _MATMUL_RE = re.compile(r"^/backbone/(.+)/MatMul$")
 
 
@@ -182,6 +194,83 @@ def build_dinov2(onnx_path: str | Path) -> Any:
     return net
 
 
+class PatchTokens(torch.nn.Module):
+    """``Dinov2Model`` as pixels -> final LayerNorm tokens (CLS first): one tensor in,
+    one out, what torch.compile and torch-tensorrt want."""
+
+    def __init__(self, net: Any) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(pixel_values=pixels).last_hidden_state
+        return out
+
+
+def tensorrt_tokens(
+    tokens: PatchTokens,
+    model_sha256: str,
+    h: int,
+    w: int,
+    max_batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    cache: EngineCache,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tokens`` compiled by torch-tensorrt for batches 1..max_batch, through the engine
+    cache: built and saved once per key, loaded afterwards."""
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        raise EncoderError(
+            "dinov2_torch: tensorrt is true but torch-tensorrt is not installed "
+            "(pip install '.[gpu]' on a CUDA machine)"
+        ) from exc
+    lo, hi = shape_range(1, max_batch, 3, h, w)
+    key = EngineKey(
+        builder="torch-tensorrt",
+        gpu=gpu_name(device.index or 0),
+        tensorrt=tensorrt_version() or f"torch-tensorrt {torch_tensorrt.__version__}",
+        model_sha256=model_sha256,
+        input_shape=f"{lo}-{hi}",
+        precision="fp16" if dtype == torch.float16 else "fp32",
+    )
+
+    def build(directory: Path) -> None:
+        spec = torch_tensorrt.Input(
+            min_shape=(1, 3, h, w),
+            opt_shape=(1, 3, h, w),
+            max_shape=(max_batch, 3, h, w),
+            dtype=dtype,
+        )
+        engine = torch_tensorrt.compile(
+            tokens, ir="dynamo", inputs=[spec], enabled_precisions={dtype}
+        )
+        example = torch.zeros(1, 3, h, w, device=device, dtype=dtype)
+        tmp = directory / f"{ENGINE_FILE}.tmp{os.getpid()}"
+        torch_tensorrt.save(engine, str(tmp), inputs=[example])
+        os.replace(tmp, directory / ENGINE_FILE)  # a crash mid-save leaves no engine
+
+    directory = cache.get_or_build(key, "dinov2_torch", build)
+    try:
+        module = torch.export.load(str(directory / ENGINE_FILE)).module()
+    except Exception as exc:
+        raise EncoderError(
+            f"dinov2_torch: cached TensorRT engine {directory / ENGINE_FILE} does not load "
+            f"({exc}); remove {directory}"
+        ) from exc
+    return module
+
+
+def weights_identity(src: Path) -> str:
+    """What the traced graph depends on: the weights file and the code that builds the
+    module from it (transformers' Dinov2, torch's tracer)."""
+    import transformers
+
+    text = f"{file_sha256(src)}|transformers {transformers.__version__}|torch {torch.__version__}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class DinoV2TorchEncoder(ImageEncoder):
     """DINOv2 ViT-S/14 patch features from torch; see the module docstring."""
 
@@ -196,7 +285,10 @@ class DinoV2TorchEncoder(ImageEncoder):
         head: Any = None,
         max_batch_size: int = 16,
         compile: bool = False,
+        tensorrt: Callable[[PatchTokens], Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ) -> None:
+        """``tensorrt``: given the module, returns its TensorRT-compiled equivalent
+        (:func:`tensorrt_tokens` with the cache bound)."""
         h, w = _parse_size(input_size)
         if max_batch_size < 1:
             raise EncoderError("dinov2_torch: max_batch_size must be >= 1")
@@ -205,7 +297,14 @@ class DinoV2TorchEncoder(ImageEncoder):
         self.dtype = dtype
         self._max_batch = int(max_batch_size)
         self.net = net.to(self.device, dtype).eval()
-        self._forward = torch.compile(self.net) if compile else self.net
+        tokens = PatchTokens(self.net).eval()
+        self._tokens: Callable[[torch.Tensor], torch.Tensor]
+        if tensorrt is not None:
+            self._tokens = tensorrt(tokens)
+        elif compile:
+            self._tokens = torch.compile(tokens)
+        else:
+            self._tokens = tokens
         self._head = head
         self.vision_dim = int(net.config.hidden_size)
         self.feature_dims = feature_dims_with_head(
@@ -227,8 +326,8 @@ class DinoV2TorchEncoder(ImageEncoder):
         for start in range(0, len(images), self._max_batch):
             part = images[start : start + self._max_batch]
             pixels = torch.from_numpy(imagenet_preprocess(part, g.input_height, g.input_width))
-            tokens = self._forward(pixel_values=pixels.to(self.device, self.dtype))
-            chunks.append(tokens.last_hidden_state[:, 1:, :])  # CLS dropped
+            tokens = self._tokens(pixels.to(self.device, self.dtype))
+            chunks.append(tokens[:, 1:, :])  # CLS dropped
         tokens = torch.cat(chunks, 0) if len(chunks) > 1 else chunks[0]
         vision = tokens.float().reshape(len(images), g.grid_height, g.grid_width, -1)
         out = {VISION: vision}
@@ -245,6 +344,10 @@ class DinoV2TorchOptions:
     dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU), float32, float16, bfloat16
     max_batch_size: int = 16
     compile: bool = False  # torch.compile the backbone (first frames slower)
+    # TensorRT through torch-tensorrt (the gpu extra), engines cached per GPU, TensorRT
+    # version, weights, input size, batch range and precision (see encoders.engine_cache).
+    tensorrt: bool = False
+    cache_dir: str | None = None  # engine cache root (default: the package cache)
     head_path: str | None = None  # alignment head (.safetensors) -> "ground" kind
     text_encoder: str | None = "minilm"  # text space the head maps into
     text_model_path: str | None = None
@@ -259,6 +362,21 @@ def create_dinov2_torch(options: Mapping[str, Any]) -> EncoderBundle:
     if not src.is_file():
         raise EncoderError(f"dinov2_torch: model file not found: {src}")
     head, text = head_and_text(opts.head_path, opts.text_encoder, opts.text_model_path)
+    h, w = _parse_size(opts.input_size)
+    compiler = None
+    if opts.tensorrt:
+        if device.type != "cuda":
+            raise EncoderError("dinov2_torch: tensorrt needs device cuda (or auto on a GPU)")
+        if dtype not in (torch.float16, torch.float32):
+            raise EncoderError("dinov2_torch: TensorRT engines are built in float16 or float32")
+        cache = EngineCache(opts.cache_dir or default_cache_dir())
+        identity = weights_identity(src)
+
+        def compiler(tokens: PatchTokens) -> Callable[[torch.Tensor], torch.Tensor]:
+            return tensorrt_tokens(
+                tokens, identity, h, w, opts.max_batch_size, device, dtype, cache
+            )
+
     image = DinoV2TorchEncoder(
         build_dinov2(src),
         input_size=opts.input_size,
@@ -267,5 +385,6 @@ def create_dinov2_torch(options: Mapping[str, Any]) -> EncoderBundle:
         head=head,
         max_batch_size=opts.max_batch_size,
         compile=opts.compile,
+        tensorrt=compiler,
     )
     return head_label_bundle(image, text, head)

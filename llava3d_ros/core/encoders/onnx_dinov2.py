@@ -23,6 +23,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,15 @@ from .base import (
     PatchGeometry,
     TextEncoder,
     check_images,
+)
+from .engine_cache import (
+    EngineCache,
+    EngineKey,
+    bytes_sha256,
+    file_sha256,
+    gpu_name,
+    shape_range,
+    tensorrt_version,
 )
 from .registry import create_text_encoder, parse_options, register_backend
 
@@ -254,6 +264,46 @@ def feature_dims_with_head(
     return dims
 
 
+def tensorrt_engine_key(
+    model: bytes | str, device_id: int, h: int, w: int, max_batch: int, fp16: bool
+) -> EngineKey:
+    """The engine cache key of the cut graph (``model``: its bytes or a cached copy's path)."""
+    version = tensorrt_version()
+    if version is None:
+        logger.warning(
+            "dinov2_onnx: cannot tell TensorRT's version (no tensorrt package, no libnvinfer "
+            "found); engines are cached as 'unknown' and not rebuilt after an upgrade"
+        )
+    lo, hi = shape_range(1, max_batch, 3, h, w)
+    return EngineKey(
+        builder="onnxruntime-tensorrt",
+        gpu=gpu_name(device_id),
+        tensorrt=version or "unknown",
+        model_sha256=bytes_sha256(model) if isinstance(model, bytes) else file_sha256(model),
+        input_shape=f"{lo}-{hi}",
+        precision="fp16" if fp16 else "fp32",
+    )
+
+
+def tensorrt_provider_options(
+    input_name: str, key: EngineKey, directory: Path, device_id: int, fp16: bool
+) -> dict[str, Any]:
+    """onnxruntime TensorRT provider options: engines and timing cache in the key's
+    directory, one optimisation profile over the key's batch range."""
+    lo, hi = key.input_shape.split("-")
+    return {
+        "device_id": device_id,
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(directory),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(directory),
+        "trt_profile_min_shapes": f"{input_name}:{lo}",
+        "trt_profile_opt_shapes": f"{input_name}:{lo}",
+        "trt_profile_max_shapes": f"{input_name}:{hi}",
+    }
+
+
 # --- encoder ------------------------------------------------------------------------------
 
 
@@ -297,25 +347,22 @@ class DinoV2OnnxEncoder(ImageEncoder):
         data, input_name = load_patch_model(
             src, output_tensor, Path(cache_dir).expanduser() if cache_dir is not None else None
         )
-        trt_cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        engines = EngineCache(
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        )
+        engine_key: EngineKey | None = None
         provider_args: list[tuple[str, dict[str, Any]]] = []
         for prov in chosen:
             opts: dict[str, Any] = {}
             if prov == "TensorrtExecutionProvider":
-                shape = f"3x{h}x{w}"
-                opts = {
-                    "device_id": device_id,
-                    "trt_fp16_enable": fp16,
-                    # Engines take minutes to build; cache them per input size and batch.
-                    "trt_engine_cache_enable": True,
-                    "trt_engine_cache_path": str(trt_cache / "trt"),
-                    "trt_timing_cache_enable": True,
-                    "trt_timing_cache_path": str(trt_cache / "trt"),
-                    "trt_profile_min_shapes": f"{input_name}:1x{shape}",
-                    "trt_profile_opt_shapes": f"{input_name}:1x{shape}",
-                    "trt_profile_max_shapes": f"{input_name}:{max_batch_size}x{shape}",
-                }
-                (trt_cache / "trt").mkdir(parents=True, exist_ok=True)
+                engine_key = tensorrt_engine_key(data, device_id, h, w, max_batch_size, fp16)
+                opts = tensorrt_provider_options(
+                    input_name,
+                    engine_key,
+                    engines.directory(engine_key),
+                    device_id,
+                    fp16,
+                )
             elif prov == "CUDAExecutionProvider":
                 opts = {"device_id": device_id}
             provider_args.append((prov, opts))
@@ -328,20 +375,26 @@ class DinoV2OnnxEncoder(ImageEncoder):
             # between frames, at some latency cost per call.
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(
-                data,
-                so,
-                providers=[p for p, _ in provider_args],
-                provider_options=[o for _, o in provider_args],
-            )
-        except Exception as exc:
-            raise EncoderError(f"dinov2_onnx: onnxruntime could not load the model: {exc}") from exc
-        self._input_name = input_name
+        building: AbstractContextManager[Any] = (
+            engines.building(engine_key, self.name) if engine_key is not None else nullcontext()
+        )
+        with building:
+            try:
+                self._session = ort.InferenceSession(
+                    data,
+                    so,
+                    providers=[p for p, _ in provider_args],
+                    provider_options=[o for _, o in provider_args],
+                )
+            except Exception as exc:
+                raise EncoderError(
+                    f"dinov2_onnx: onnxruntime could not load the model: {exc}"
+                ) from exc
+            self._input_name = input_name
+            # One warm-up run: learn the token layout and width now, not on the first
+            # frame (and with TensorRT, have the engine built inside the progress messages).
+            probe = self._run(np.zeros((1, 3, h, w), np.float32))
         self.active_providers: list[str] = list(self._session.get_providers())
-
-        # One warm-up run: learn the token layout and width now, not on the first frame.
-        probe = self._run(np.zeros((1, 3, h, w), np.float32))
         n_tokens, dim = probe.shape[1], probe.shape[2]
         n_prefix = n_tokens - self.geometry.num_patches
         if not 0 <= n_prefix <= 8:
