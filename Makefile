@@ -48,9 +48,5 @@ bench-gpu: $(STAMP)
 clean:
 	rm -rf build demo_out .pytest_cache
 
-dist# Every stage on the GPU beside its CPU figure (CPU only when no GPU is visible).
-bench-gpu: $(STAMP)
-	$(PY) benchmarks/gpu.py
-
-clean: clean
+distclean: clean
 	rm -rf $(VENV)
