@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,12 +265,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--report-s", type=float, default=60.0)
     ap.add_argument("--out", type=Path, default=None, help="directory for the node's log")
+    ap.add_argument(
+        "--keep-bag", action="store_true", help="keep the generated bag (about 1 GB) after the run"
+    )
     args = ap.parse_args(argv)
     if args.warmup_minutes >= args.minutes:
         ap.error("--warmup-minutes must be shorter than --minutes")
 
-    env_set = prepare_ros_environment()
     tmp = Path(tempfile.mkdtemp(prefix="llava3d_soak_"))
+    try:
+        return _soak(args, tmp)
+    finally:
+        # The generated bag is about 1 GB: left in /tmp after every run, a few soaks fill a disk.
+        if args.keep_bag:
+            print(f"bag kept: {tmp / 'bag'}", flush=True)
+        else:
+            shutil.rmtree(tmp / "bag", ignore_errors=True)
+
+
+def _soak(args: argparse.Namespace, tmp: Path) -> int:
+    env_set = prepare_ros_environment()
     out = args.out or tmp
     out.mkdir(parents=True, exist_ok=True)
     bag_dir = args.bag

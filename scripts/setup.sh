@@ -30,7 +30,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# No pip cache: it would hold a second copy of every downloaded wheel (about 2 GB) beside
+# the 3.7 GB venv, on CI machines whose disk can be nearly full.
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir -q)
+free_mb=$(df -Pm . | awk 'NR==2 {print $4}')
+if [ "${free_mb:-0}" -lt 5000 ]; then
+  log "WARNING: ${free_mb} MB free here; the venv needs about 4 GB and pip unpacks beside it"
+fi
 # torch first, from the machine's local CPU build; the constraint keeps it there.
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || { log "pip: torch"; "${pip[@]}" install -c constraints.txt torch==2.13.0; }
 log "pip: ROS 2 wheels (this machine has no ROS install)"
