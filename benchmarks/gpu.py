@@ -9,9 +9,9 @@ Stages (the GPU column is empty when torch sees no CUDA device; the CPU column a
   GPU; ``dinov2_onnx`` (onnxruntime: CPU, and its CUDA provider when onnxruntime-gpu is
   installed); ``hf_clip`` CLIP ViT-L/14-336 at its real shape with random weights (the
   released weights cannot travel), fp32, and fp16 on the GPU.
-- lift + fuse per keyframe: ``lift_patches`` (numpy) + ``VoxelPatchMemory.integrate`` on
-  the device (1024 + 384 channels, features already on the device, as the encoder leaves
-  them).
+- lift + fuse per keyframe: ``lift_patches`` + ``VoxelPatchMemory.integrate``, both on
+  the device (host depth in; 1024 + 384 channels, features already on the device, as the
+  encoder leaves them).
 - geometry integration: ``TsdfMap.integrate`` on open3d's CPU:0, and CUDA:0 when this
   open3d build has CUDA (the CPU wheel ``open3d-cpu`` does not: ``make setup-gpu``).
 - segmentation update: ``segment_surface`` on the fused surface (numpy: CPU only).
@@ -234,11 +234,10 @@ def lift_fuse_ms(scene: Scene, dev: torch.device, runs: int) -> float:
     def step() -> None:
         nonlocal i
         k = i % len(scene.depths)
-        lifted = lift_patches(scene.depths[k], INTRINSICS, ingest.GEOM, scene.poses[k])
-        idx = torch.as_tensor(lifted.patch_index, device=dev)
+        lifted = lift_patches(scene.depths[k], INTRINSICS, ingest.GEOM, scene.poses[k], device=dev)
         mem.integrate(
-            torch.as_tensor(lifted.points, device=dev),
-            {kind: f.index_select(0, idx) for kind, f in feats.items()},
+            lifted.points,
+            {kind: f.index_select(0, lifted.patch_index) for kind, f in feats.items()},
             stamp=float(i),
         )
         i += 1

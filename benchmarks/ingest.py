@@ -165,7 +165,7 @@ def lift(depth: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return lift_inline(depth, pose)
     intr = CameraIntrinsics(fx=FX, fy=FY, cx=CX, cy=CY, width=W, height=H)
     lifted = lift_patches(depth, intr, GEOM, pose)
-    return lifted.points, lifted.patch_index
+    return lifted.points.numpy(), lifted.patch_index.numpy()
 
 
 # ------------------------------------------------------------ LLaVA-3D rebuild

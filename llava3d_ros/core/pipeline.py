@@ -445,15 +445,16 @@ class ScenePipeline:
             timings: dict[str, float] = {}
             t0 = time.perf_counter()
             lc = self.config.lifting
-            depth = np.where(
-                (depth_m >= lc.min_depth_m) & (depth_m <= lc.max_depth_m), depth_m, np.nan
-            ).astype(np.float32)
+            # On the memory's device: the depth goes up once and the points stay there.
             lifted = lift_patches(
-                depth,
+                depth_m,
                 intrinsics,
                 self.bundle.image.geometry,
                 t_map_camera,
                 min_valid_fraction=lc.min_valid_fraction,
+                min_depth=lc.min_depth_m,
+                max_depth=lc.max_depth_m,
+                device=self.memory.device,
             )
             timings["lift"] = time.perf_counter() - t0
             if len(lifted) == 0:
@@ -467,18 +468,23 @@ class ScenePipeline:
                 encoded = self.bundle.image.encode([rgb])
             timings["encode"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            idx = torch.as_tensor(lifted.patch_index, dtype=torch.long)
             feats = {}
             for kind, grid in encoded.items():
                 flat = grid[0].reshape(-1, grid.shape[-1])
-                feats[kind] = flat.index_select(0, idx.to(flat.device)).to(self.memory.device)
+                idx = lifted.patch_index.to(flat.device)
+                feats[kind] = flat.index_select(0, idx).to(self.memory.device)
             stats = self.memory.integrate(
-                torch.as_tensor(lifted.points, device=self.memory.device),
+                lifted.points,
                 feats,
                 stamp=stamp_s,
                 robot_position=robot_position,
             )
             timings["fuse"] = time.perf_counter() - t0
+            if self.objects is not None or self.views is not None:
+                # The object layer and the view ring keep host depth, NaN outside the range.
+                depth = np.where(
+                    (depth_m >= lc.min_depth_m) & (depth_m <= lc.max_depth_m), depth_m, np.nan
+                ).astype(np.float32)
             if self.objects is not None:
                 t0 = time.perf_counter()
                 ground = encoded.get(GROUND)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.geometry import (
@@ -16,7 +19,8 @@ from llava3d_ros.core.geometry import (
     transform_points,
     unproject,
 )
-from llava3d_ros.core.lifting import LiftedPatches, lift_patches
+from llava3d_ros.core.lifting import lift_patches
+from llava3d_ros.core.transfers import TransferMeter
 
 CLIP_GRID = PatchGeometry(336, 336, 14, 24, 24)  # LLaVA-3D's CLIP ViT-L/14-336 grid
 VGA = CameraIntrinsics(525.0, 525.0, 319.5, 239.5, 640, 480)
@@ -34,12 +38,35 @@ def patch_means_of(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return out
 
 
-def check_consistent(lp: LiftedPatches, grid: PatchGeometry) -> None:
+@dataclass
+class Lifted:
+    """A LiftedPatches as numpy arrays, for the comparisons below."""
+
+    points: np.ndarray
+    patch_index: np.ndarray
+    valid: np.ndarray
+    depth_spread: np.ndarray
+    support: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.patch_index)
+
+
+def lift(*args: Any, **kwargs: Any) -> Lifted:
+    """lift_patches, its tensor types checked, returned as numpy."""
+    lp = lift_patches(*args, **kwargs)
     n = len(lp)
-    assert lp.points.shape == (n, 3) and lp.points.dtype == np.float32
-    assert lp.patch_index.shape == (n,) and lp.patch_index.dtype == np.int64
-    assert lp.depth_spread.shape == (n,) and lp.support.shape == (n,)
-    assert lp.valid.shape == (grid.grid_height, grid.grid_width) and lp.valid.dtype == bool
+    assert lp.points.shape == (n, 3) and lp.points.dtype == torch.float32
+    assert lp.patch_index.shape == (n,) and lp.patch_index.dtype == torch.int64
+    assert lp.depth_spread.shape == (n,) and lp.depth_spread.dtype == torch.float32
+    assert lp.support.shape == (n,) and lp.support.dtype == torch.int32
+    assert lp.valid.dtype == torch.bool
+    fields = (lp.points, lp.patch_index, lp.valid, lp.depth_spread, lp.support)
+    return Lifted(*(t.cpu().numpy() for t in fields))
+
+
+def check_consistent(lp: Lifted, grid: PatchGeometry) -> None:
+    assert lp.valid.shape == (grid.grid_height, grid.grid_width)
     np.testing.assert_array_equal(lp.patch_index, np.flatnonzero(lp.valid.reshape(-1)))
     assert np.isfinite(lp.points).all() and (lp.support >= 1).all()
     assert (lp.depth_spread >= 0).all()
@@ -51,7 +78,7 @@ def check_consistent(lp: LiftedPatches, grid: PatchGeometry) -> None:
 def test_fronto_parallel_plane_lands_exactly_in_map_frame() -> None:
     # 640 / 24 is not an integer: patches are 26 or 27 columns wide (and 20 rows high).
     depth = np.full((480, 640), 2.0, np.float32)
-    lp = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM)
+    lp = lift(depth, VGA, CLIP_GRID, T_MAP_CAM)
     check_consistent(lp, CLIP_GRID)
     assert len(lp) == 576 and lp.valid.all()
     assert (lp.depth_spread == 0).all()
@@ -81,7 +108,7 @@ def test_tilted_plane_points_lie_on_plane_inside_their_patch() -> None:
     rays = unproject(np.ones((480, 640), np.float32), VGA).astype(np.float64)
     facing = rays @ n
     depth = np.where(facing > 0.02, 1.0 / np.maximum(facing, 1e-9), np.nan).astype(np.float32)
-    lp = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM)
+    lp = lift(depth, VGA, CLIP_GRID, T_MAP_CAM)
     check_consistent(lp, CLIP_GRID)
     b = CLIP_GRID.patch_pixel_bounds(480, 640).reshape(-1, 4)[lp.patch_index]
     area = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
@@ -106,7 +133,7 @@ def test_depth_edge_takes_dominant_surface() -> None:
     depth[0:10, 0:6] = 1.0  # patch 0: 60 % foreground at 1 m, 40 % background at 3 m
     depth[0:10, 10:14] = 1.0  # patch 1: 40 % foreground -> background wins
     depth[10:20, 0:5] = 1.0  # patch 2: 50/50 -> the lower median, an actual surface
-    lp = lift_patches(depth, intr, grid)
+    lp = lift(depth, intr, grid)
     z = lp.points[:, 2]
     np.testing.assert_allclose(z, [1.0, 3.0, 1.0, 3.0], atol=1e-6)
     np.testing.assert_array_equal(lp.support, [60, 60, 50, 100])
@@ -129,13 +156,13 @@ def test_spurious_readings_and_holes_are_ignored() -> None:
     depth[(r >= 0.38) & (r < 0.41)] = -1.0
     depth[(r >= 0.41) & (r < 0.46)] = 15.0  # multipath / far flying pixels
     depth[(r >= 0.46) & (r < 0.49)] = 0.25  # dust / near flying pixels
-    lp = lift_patches(depth, intr, grid)
+    lp = lift(depth, intr, grid)
     assert len(lp) == 4
     np.testing.assert_allclose(lp.points[:, 2], 2.0, atol=1e-6)
     good = (r >= 0.49).reshape(2, 10, 2, 10).transpose(0, 2, 1, 3).reshape(4, -1).sum(1)
     np.testing.assert_array_equal(lp.support, good)
     # max_depth turns the 15 m readings into holes; the answer is unchanged.
-    lp2 = lift_patches(depth, intr, grid, max_depth=10.0)
+    lp2 = lift(depth, intr, grid, max_depth=10.0)
     np.testing.assert_allclose(lp2.points, lp.points, atol=1e-6)
 
 
@@ -145,18 +172,18 @@ def test_min_valid_fraction_threshold() -> None:
     depth[0:10, 0:10].flat[:25] = 1.0  # patch 0: exactly 25 % valid
     depth[0:10, 10:20].flat[:24] = 1.0  # patch 1: 24 %
     depth[10, 0] = 1.0  # patch 2: one pixel
-    lp = lift_patches(depth, intr, grid)  # default 0.25
+    lp = lift(depth, intr, grid)  # default 0.25
     np.testing.assert_array_equal(lp.valid, [[True, False], [False, False]])
-    lp = lift_patches(depth, intr, grid, min_valid_fraction=0.0)
+    lp = lift(depth, intr, grid, min_valid_fraction=0.0)
     np.testing.assert_array_equal(lp.valid, [[True, True], [True, False]])  # needs >= 1 pixel
-    lp = lift_patches(depth, intr, grid, min_valid_fraction=0.24)
+    lp = lift(depth, intr, grid, min_valid_fraction=0.24)
     np.testing.assert_array_equal(lp.patch_index, [0, 1])
 
 
 @pytest.mark.parametrize("fill", [np.nan, 0.0, np.inf, -2.0])
 def test_frame_without_valid_depth_gives_no_points(fill: float) -> None:
     depth = np.full((480, 640), fill, np.float32)
-    lp = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM, min_valid_fraction=0.0)
+    lp = lift(depth, VGA, CLIP_GRID, T_MAP_CAM, min_valid_fraction=0.0)
     check_consistent(lp, CLIP_GRID)
     assert len(lp) == 0 and lp.points.shape == (0, 3) and not lp.valid.any()
 
@@ -164,24 +191,82 @@ def test_frame_without_valid_depth_gives_no_points(fill: float) -> None:
 def test_input_validation() -> None:
     depth = np.full((480, 640), 1.0, np.float32)
     with pytest.raises(ValueError, match="scaled"):
-        lift_patches(depth[:240], VGA, CLIP_GRID)
+        lift(depth[:240], VGA, CLIP_GRID)
     with pytest.raises(ValueError, match="same size"):
-        lift_patches(depth, VGA, CLIP_GRID, image_shape=(720, 1280, 3))
-    lift_patches(depth, VGA, CLIP_GRID, image_shape=(480, 640, 3))  # matching colour: fine
+        lift(depth, VGA, CLIP_GRID, image_shape=(720, 1280, 3))
+    lift(depth, VGA, CLIP_GRID, image_shape=(480, 640, 3))  # matching colour: fine
     with pytest.raises(ValueError, match="depth_to_meters"):
-        lift_patches(np.full((480, 640), 1000, np.uint16), VGA, CLIP_GRID)
+        lift(np.full((480, 640), 1000, np.uint16), VGA, CLIP_GRID)
     with pytest.raises(ValueError, match="H, W"):
-        lift_patches(depth[..., None], VGA, CLIP_GRID)
+        lift(depth[..., None], VGA, CLIP_GRID)
     bad_t = np.eye(4)
     bad_t[0, 3] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        lift_patches(depth, VGA, CLIP_GRID, bad_t)
+        lift(depth, VGA, CLIP_GRID, bad_t)
     with pytest.raises(ValueError, match="min_valid_fraction"):
-        lift_patches(depth, VGA, CLIP_GRID, min_valid_fraction=1.5)
+        lift(depth, VGA, CLIP_GRID, min_valid_fraction=1.5)
     with pytest.raises(ValueError, match="max_depth"):
-        lift_patches(depth, VGA, CLIP_GRID, max_depth=float("nan"))
+        lift(depth, VGA, CLIP_GRID, max_depth=float("nan"))
     with pytest.raises(ValueError, match="too small"):
-        lift_patches(depth[:10, :10], VGA.scaled(10, 10), CLIP_GRID)
+        lift(depth[:10, :10], VGA.scaled(10, 10), CLIP_GRID)
+
+
+# ------------------------------------------------------------------------ torch and devices
+
+
+def noisy_room_depth(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    depth = (1.0 + np.add.outer(np.arange(480), np.arange(640)) / 400.0).astype(np.float32)
+    depth += rng.normal(0.0, 0.01, depth.shape).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.2] = np.nan
+    depth[100:200, 300:400] = 0.6  # a box in front
+    return depth
+
+
+def test_torch_depth_gives_the_numpy_result_and_min_depth_masks_like_holes() -> None:
+    depth = noisy_room_depth()
+    a = lift(depth, VGA, CLIP_GRID, T_MAP_CAM)
+    b = lift(torch.from_numpy(depth), VGA, CLIP_GRID, T_MAP_CAM)
+    for x, y in zip(vars(a).values(), vars(b).values(), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # min_depth: the box at 0.6 m becomes holes, exactly as if its pixels were NaN.
+    holes = depth.copy()
+    holes[holes < 0.7] = np.nan
+    c = lift(depth, VGA, CLIP_GRID, T_MAP_CAM, min_depth=0.7)
+    d = lift(holes, VGA, CLIP_GRID, T_MAP_CAM)
+    np.testing.assert_array_equal(c.patch_index, d.patch_index)
+    np.testing.assert_allclose(c.points, d.points, atol=1e-6)
+    assert len(c) < len(a)
+    with pytest.raises(ValueError, match="min_depth"):
+        lift(depth, VGA, CLIP_GRID, min_depth=-1.0)
+    with pytest.raises(ValueError, match="depth_to_meters"):
+        lift(torch.ones(480, 640, dtype=torch.int32), VGA, CLIP_GRID)
+
+
+def test_lifting_waits_for_the_device_once() -> None:
+    """Masks instead of boolean indexing: the only sync is the count of lifted patches, so
+    on a GPU the keyframe's points never make the host wait more than once."""
+    depth = torch.from_numpy(noisy_room_depth())
+    with TransferMeter() as meter:
+        lp = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM, max_depth=5.0, min_depth=0.1)
+    assert len(lp) > 500
+    assert meter.counts.syncs == 1, meter.counts.summary()
+    assert meter.counts.h2d == meter.counts.d2h == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lifting_on_cuda_matches_the_cpu() -> None:
+    depth = noisy_room_depth()
+    cpu = lift(depth, VGA, CLIP_GRID, T_MAP_CAM)
+    with TransferMeter() as meter:
+        lp = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM, device="cuda")
+    assert lp.points.is_cuda and lp.patch_index.is_cuda
+    assert meter.counts.d2h == 0, meter.counts.summary()  # nothing comes back to the host
+    gpu = lift(depth, VGA, CLIP_GRID, T_MAP_CAM, device="cuda")
+    np.testing.assert_array_equal(gpu.patch_index, cpu.patch_index)
+    np.testing.assert_array_equal(gpu.support, cpu.support)
+    np.testing.assert_allclose(gpu.points, cpu.points, atol=1e-5)
+    np.testing.assert_allclose(gpu.depth_spread, cpu.depth_spread, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ loop reference
@@ -241,9 +326,7 @@ def test_matches_loop_reference(h: int, w: int, gh: int, gw: int) -> None:
     depth[(r >= 0.44) & (r < 0.46)] = 9.0
     depth[: h // 5, : w // 4] = 0.0  # a large hole: those patches drop out
     frac, rel, abs_ = 0.3, 0.04, 0.05
-    lp = lift_patches(
-        depth, intr, grid, None, frac, rel_tolerance=rel, abs_tolerance=abs_, max_depth=20.0
-    )
+    lp = lift(depth, intr, grid, None, frac, rel_tolerance=rel, abs_tolerance=abs_, max_depth=20.0)
     ref = reference_lift(depth, intr, grid, frac, rel, abs_, 20.0)
     check_consistent(lp, grid)
     assert 0 < len(lp) < grid.num_patches  # the hole removed some patches
@@ -258,14 +341,14 @@ def test_matches_loop_reference(h: int, w: int, gh: int, gw: int) -> None:
 def test_map_frame_is_camera_frame_moved_by_t() -> None:
     rng = np.random.default_rng(3)
     depth = rng.uniform(0.5, 4.0, (480, 640)).astype(np.float32)
-    cam = lift_patches(depth, VGA, CLIP_GRID)
-    world = lift_patches(depth, VGA, CLIP_GRID, T_MAP_CAM)
+    cam = lift(depth, VGA, CLIP_GRID)
+    world = lift(depth, VGA, CLIP_GRID, T_MAP_CAM)
     np.testing.assert_array_equal(cam.patch_index, world.patch_index)
     np.testing.assert_allclose(world.points, transform_points(T_MAP_CAM, cam.points), atol=1e-5)
     # float64 and non-contiguous (a view into a bigger buffer) depth give the same answer.
     big = np.zeros((480, 1280), np.float64)
     big[:, ::2] = depth
-    again = lift_patches(big[:, ::2], VGA, CLIP_GRID)
+    again = lift(big[:, ::2], VGA, CLIP_GRID)
     np.testing.assert_allclose(again.points, cam.points, atol=1e-6)
 
 
@@ -327,7 +410,7 @@ def test_middlebury_lifting_beats_centre_pixel(middlebury: dict) -> None:
     )
     assert has_gt.all()
 
-    lp = lift_patches(noisy, intr, CLIP_GRID)
+    lp = lift(noisy, intr, CLIP_GRID)
     check_consistent(lp, CLIP_GRID)
     assert len(lp) == 576  # ~60 % valid everywhere: every patch clears min_valid_fraction
     ours_near, ours_med = surface_errors(lp.points, lp.patch_index, gt_pts, bounds)
@@ -363,7 +446,7 @@ def test_middlebury_depth_spread_flags_edge_patches(middlebury: dict) -> None:
     gt_range = np.array(
         [np.nanmax(gt[r0:r1, c0:c1]) - np.nanmin(gt[r0:r1, c0:c1]) for r0, r1, c0, c1 in bounds]
     )
-    lp = lift_patches(noisy, intr, CLIP_GRID)
+    lp = lift(noisy, intr, CLIP_GRID)
     spread = lp.depth_spread[np.argsort(lp.patch_index)]
     flat, edge = gt_range < 0.1, gt_range > 0.3
     assert flat.sum() > 50 and edge.sum() > 50

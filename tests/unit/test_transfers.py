@@ -20,8 +20,9 @@ from tests.model_fixtures import make_tiny_clip
 H, W = 120, 160
 K = CameraIntrinsics(100.0, 100.0, 80.0, 60.0, W, H)
 # Scalar reads + data-dependent sizes of a keyframe through lift + fuse + the object layer
-# (the CPU count is the GPU's: the same torch calls). 7 on these frames today (21 before
-# the voxel hash probed in masked rounds); a per-patch .item() would add hundreds.
+# (the CPU count is the GPU's: the same torch calls). 8 on these frames today: 1 in
+# lifting, the rest in the voxel hash and fusion (21 before the hash probed in masked
+# rounds); a per-patch .item() would add hundreds.
 MAX_SYNCS_PER_KEYFRAME = 10
 
 

@@ -118,8 +118,8 @@ def observe_keyframe(
     else:
         count = np.zeros(0, dtype=np.int32)
         pixel = np.zeros((0, 2), dtype=np.uint16)
-    feats = features.reshape(-1, features.shape[-1]).detach().float().cpu().numpy()
-    feats = feats.astype(np.float16)
+    # Cast before the copy: on a GPU half the bytes cross to the host (the store is fp16).
+    feats = features.reshape(-1, features.shape[-1]).detach().to(torch.float16).cpu().numpy()
     if feats.shape[0] != n_patches:
         raise ValueError(f"{feats.shape[0]} patch features for a {n_patches}-patch grid")
     image = b""
