@@ -7,6 +7,7 @@ real module (the saving and loading through ``torch.export`` are real)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sys
 import threading
@@ -320,3 +321,98 @@ def test_a_corrupt_cached_engine_is_a_clear_error(
     with pytest.raises(EncoderError, match="does not load"):
         dt.tensorrt_tokens(dt.PatchTokens(_tiny_dinov2()), *key_args)
     assert fake.compiles == 1
+
+
+class FakeTensorrtOrt:
+    """onnxruntime with a TensorRT provider, naming engines as its source does
+    (``model_metadef_id_generator.cc``): a hash of the model path if the model came as a
+    path, else of the graph, plus a counter per graph that every new session in the
+    process increments. The engine is built on the first run when no file of that name is
+    in ``trt_engine_cache_path``."""
+
+    class SessionOptions:
+        intra_op_num_threads = 0
+        graph_optimization_level = 0
+
+        def add_session_config_entry(self, key: str, value: str) -> None:
+            pass
+
+    GraphOptimizationLevel = types.SimpleNamespace(ORT_ENABLE_ALL=99)
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        self.builds = 0
+        self.metadef_ids: dict[str, int] = {}  # per process
+
+    @staticmethod
+    def get_available_providers() -> list[str]:
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def InferenceSession(  # noqa: N802 - onnxruntime's name
+        self, data: bytes | str, so: object, providers: list[str], provider_options: list[dict]
+    ) -> object:
+        fake = self
+        self.sessions += 1
+        opts = provider_options[providers.index("TensorrtExecutionProvider")]
+        graph = hashlib.sha1(data.encode() if isinstance(data, str) else data).hexdigest()[:16]
+        metadef_id = self.metadef_ids.get(graph, 0)
+        self.metadef_ids[graph] = metadef_id + 1
+        engine = Path(opts["trt_engine_cache_path"]) / (
+            f"TensorrtExecutionProvider_TRTKernel_graph_main_{graph}_{metadef_id}_0_fp16.engine"
+        )
+
+        class Session:
+            def run(self, outputs: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+                if not engine.exists():
+                    fake.builds += 1
+                    engine.write_bytes(b"engine")
+                batch = next(iter(feeds.values())).shape[0]
+                return [np.zeros((batch, 257, 384), np.float32)]
+
+            def get_providers(self) -> list[str]:
+                return providers
+
+        return Session()
+
+
+def test_onnxruntime_tensorrt_builds_once_per_key_across_reconfigures_and_processes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second encoder in the same process (a lifecycle cleanup + configure) must not get
+    a new onnxruntime session: onnxruntime would name its engine with the next counter
+    value and build it again. A later process loads the cut graph from the model cache:
+    given as a path, onnxruntime would name the engine after the path and build again."""
+    fake = FakeTensorrtOrt()
+    monkeypatch.setitem(sys.modules, "onnxruntime", fake)
+    monkeypatch.setattr(od, "_TENSORRT_SESSIONS", {})
+    _fake_gpu(monkeypatch, od, "NVIDIA H100 80GB HBM3", "10.3.0")
+
+    def encoder(fp16: bool = True) -> od.DinoV2OnnxEncoder:
+        return od.DinoV2OnnxEncoder(
+            providers=("tensorrt", "cuda", "cpu"), cache_dir=tmp_path, fp16=fp16, max_batch_size=4
+        )
+
+    first = encoder()
+    assert (fake.sessions, fake.builds) == (1, 1)
+    assert first.feature_dims["vision"] == 384
+    with caplog.at_level(logging.INFO):
+        encoder()  # reconfigured in the same process
+    assert (fake.sessions, fake.builds) == (1, 1)
+    assert any("reusing this process's TensorRT session" in r.getMessage() for r in caplog.records)
+
+    # A new process: a fresh registry and onnxruntime counter; the engine file is found.
+    monkeypatch.setattr(od, "_TENSORRT_SESSIONS", {})
+    fake.metadef_ids.clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        encoder()
+    assert (fake.sessions, fake.builds) == (2, 1)
+    assert any("not rebuilt" in r.getMessage() for r in caplog.records)
+
+    # What the registry prevents: a second session of the graph in one process builds again.
+    monkeypatch.setattr(od, "_TENSORRT_SESSIONS", {})
+    encoder()
+    assert (fake.sessions, fake.builds) == (3, 2)
+
+    encoder(fp16=False)  # another precision: another key, its own build
+    assert fake.builds == 3

@@ -22,8 +22,8 @@ import hashlib
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,14 @@ if TYPE_CHECKING:
     import onnx
 
 logger = logging.getLogger(__name__)
+
+# onnxruntime names a TensorRT engine after the graph and a per-process counter that every
+# new session of the same graph increments (its model_metadef_id_generator.cc), so a second
+# session in one process (a lifecycle cleanup + configure) would build again under a new
+# name. TensorRT sessions therefore live as long as the process, one per engine key and
+# provider list; a ViT-S engine holds tens of MB of GPU memory.
+_TENSORRT_SESSIONS: dict[str, Any] = {}
+_TENSORRT_SESSIONS_LOCK = threading.Lock()
 
 PATCH_TENSOR = "/backbone/layernorm/Add_1_output_0"
 PATCH_SIZE = 14
@@ -347,6 +355,12 @@ class DinoV2OnnxEncoder(ImageEncoder):
         data, input_name = load_patch_model(
             src, output_tensor, Path(cache_dir).expanduser() if cache_dir is not None else None
         )
+        if "TensorrtExecutionProvider" in chosen and isinstance(data, str):
+            # onnxruntime names TensorRT engines by a hash of the model path when it has
+            # one, else of the graph's tensor names: the first start (a fresh cut, as bytes)
+            # and later ones (the cached cut, as a path) would name the engine differently
+            # and build it twice. Bytes always: the name depends on the graph only.
+            data = Path(data).read_bytes()
         engines = EngineCache(
             Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         )
@@ -375,12 +389,12 @@ class DinoV2OnnxEncoder(ImageEncoder):
             # between frames, at some latency cost per call.
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        building: AbstractContextManager[Any] = (
-            engines.building(engine_key, self.name) if engine_key is not None else nullcontext()
-        )
-        with building:
+        self._input_name = input_name
+        warm_up = np.zeros((1, 3, h, w), np.float32)
+
+        def new_session() -> Any:
             try:
-                self._session = ort.InferenceSession(
+                return ort.InferenceSession(
                     data,
                     so,
                     providers=[p for p, _ in provider_args],
@@ -390,10 +404,25 @@ class DinoV2OnnxEncoder(ImageEncoder):
                 raise EncoderError(
                     f"dinov2_onnx: onnxruntime could not load the model: {exc}"
                 ) from exc
-            self._input_name = input_name
-            # One warm-up run: learn the token layout and width now, not on the first
-            # frame (and with TensorRT, have the engine built inside the progress messages).
-            probe = self._run(np.zeros((1, 3, h, w), np.float32))
+
+        if engine_key is None:
+            self._session = new_session()
+        else:
+            reuse = f"{engine_key.digest()}|{','.join(p for p, _ in provider_args)}"
+            with _TENSORRT_SESSIONS_LOCK:  # held through a build: one build per key
+                session = _TENSORRT_SESSIONS.get(reuse)
+                if session is not None:
+                    logger.info("%s: reusing this process's TensorRT session", self.name)
+                    self._session = session
+                else:
+                    with engines.building(engine_key, self.name):
+                        self._session = new_session()
+                        # With TensorRT the engine is built on the first run: inside the
+                        # progress messages, not on the first frame.
+                        self._run(warm_up)
+                    _TENSORRT_SESSIONS[reuse] = self._session
+        # One warm-up run: learn the token layout and width now, not on the first frame.
+        probe = self._run(warm_up)
         self.active_providers: list[str] = list(self._session.get_providers())
         n_tokens, dim = probe.shape[1], probe.shape[2]
         n_prefix = n_tokens - self.geometry.num_patches
