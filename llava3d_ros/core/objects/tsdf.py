@@ -59,9 +59,16 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-import open3d as o3d
-import open3d.core as o3c
 from numpy.typing import NDArray
+
+try:
+    import open3d as o3d
+    import open3d.core as o3c
+except ImportError as exc:  # only the TSDF needs it: the rest of the package runs without
+    o3d = o3c = None
+    _OPEN3D_MISSING: ImportError | None = exc
+else:
+    _OPEN3D_MISSING = None
 
 from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.devices import open3d_has_cuda
@@ -251,6 +258,11 @@ class TsdfMap:
     initial_blocks = 2048  # first capacity of the grid (12 MiB); it grows to max_blocks
 
     def __init__(self, config: GeometryConfig | None = None) -> None:
+        if _OPEN3D_MISSING is not None:
+            raise RuntimeError(
+                f"the object layer's TSDF needs open3d ({_OPEN3D_MISSING}); install "
+                "open3d-cpu==0.20.0 (or open3d with CUDA), or set objects.enabled: false"
+            )
         self.config = config or GeometryConfig()
         self.device = resolve_device(self.config.device)
         self._dev = o3c.Device(self.device)
