@@ -6,9 +6,10 @@ call (medians), the CPU/GPU ratio, and the host<->device traffic of a whole keyf
 Stages (the GPU column is empty when torch sees no CUDA device; the CPU column always runs):
 - encoders, ms per view at batch 1 and 4:
   ``dinov2_torch`` (DINOv2 ViT-S/14 at 224 px, the shipped weights) fp32, and fp16 on the
-  GPU; ``dinov2_onnx`` (onnxruntime: CPU, and its CUDA provider when onnxruntime-gpu is
-  installed); ``hf_clip`` CLIP ViT-L/14-336 at its real shape with random weights (the
-  released weights cannot travel), fp32, and fp16 on the GPU.
+  GPU, eager and with CUDA graphs (``compile_mode: reduce-overhead``); ``dinov2_onnx``
+  (onnxruntime: CPU, and its CUDA provider when onnxruntime-gpu is installed); ``hf_clip``
+  CLIP ViT-L/14-336 at its real shape with random weights (the released weights cannot
+  travel), fp32, and fp16 on the GPU.
 - lift + fuse per keyframe: ``lift_patches`` + ``VoxelPatchMemory.integrate``, both on
   the device (host depth in; 1024 + 384 channels, features already on the device, as the
   encoder leaves them).
@@ -185,7 +186,7 @@ def have_text_encoder() -> bool:
 
 
 def dinov2_torch_bundle(
-    dev: torch.device, dtype: str, size: int, head: bool = False
+    dev: torch.device, dtype: str, size: int, head: bool = False, compile_mode: str | None = None
 ) -> tuple[EncoderBundle, str]:
     """The dinov2_torch encoder (+ head), or DINOv2-S/14 with random weights at the real
     shape where the shipped weights are not installed; the second item names which."""
@@ -196,6 +197,8 @@ def dinov2_torch_bundle(
             "dtype": dtype,
             "input_size": size,
         }
+        if compile_mode is not None:
+            options.update(compile=True, compile_mode=compile_mode)
         if head and have_text_encoder():
             options["head_path"] = str(default_head_path())
         return create_encoders(options), "shipped weights"
@@ -211,7 +214,12 @@ def dinov2_torch_bundle(
     )
     torch.manual_seed(0)
     encoder = DinoV2TorchEncoder(
-        Dinov2Model(config), input_size=size, device=dev, dtype=getattr(torch, dtype)
+        Dinov2Model(config),
+        input_size=size,
+        device=dev,
+        dtype=getattr(torch, dtype),
+        compile=compile_mode is not None,
+        compile_mode=compile_mode or "default",
     )
     return EncoderBundle(image=encoder), "random weights"
 
@@ -245,6 +253,16 @@ def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
                     cells["cuda"],
                 )
             )
+    if torch.cuda.is_available():  # CUDA graphs: one replay instead of ~150 launches
+        for b in batches:
+            bundle, weights = dinov2_torch_bundle(
+                torch.device("cuda"), "float16", size, compile_mode="reduce-overhead"
+            )
+            dev = torch.device("cuda")
+            per_view(bundle.image.encode, b, dev)  # compile and record outside the timing
+            gpu_ms = per_view(bundle.image.encode, b, dev)
+            name = f"dinov2_torch {size}px fp16 CUDA graphs batch {b} ({weights})"
+            rows.append(Row(name, "ms/view", cpu_fp32[b], gpu_ms))
     import onnxruntime as ort
 
     has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -121,3 +121,54 @@ def test_cuda_fp16_matches_the_cpu() -> None:
     a, b = cpu.image.encode(frames)[VISION], gpu.image.encode(frames)[VISION].cpu()
     cos = F.cosine_similarity(a.reshape(-1, 384), b.reshape(-1, 384), -1)
     assert float(cos.min()) > 0.999
+
+
+def _tiny_dinov2() -> torch.nn.Module:
+    from transformers import Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14
+    )
+    torch.manual_seed(0)
+    return Dinov2Model(config).eval()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_equals_eager_in_every_mode() -> None:
+    """torch.compile in the CUDA-graph mode (on the CPU it compiles without graphs) gives
+    the eager features, and a second call leaves the first call's features intact."""
+    from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
+
+    net = _tiny_dinov2()
+    frames = _frames(2, 60, 80)
+    eager = DinoV2TorchEncoder(net, input_size=56).encode(frames)[VISION]
+    compiled = DinoV2TorchEncoder(net, input_size=56, compile=True, compile_mode="reduce-overhead")
+    first = compiled.encode(frames)[VISION]
+    kept = first.clone()
+    compiled.encode(_frames(2, 60, 80)[::-1])
+    torch.testing.assert_close(first, kept)  # not overwritten by the next call
+    torch.testing.assert_close(first, eager, atol=1e-4, rtol=1e-4)
+    with pytest.raises(EncoderError, match="compile_mode"):
+        DinoV2TorchEncoder(net, input_size=56, compile=True, compile_mode="fastest")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graphs_keep_each_frames_features() -> None:
+    """With CUDA graphs every call writes into the same output buffers: the encoder copies
+    the tokens out, so features kept from one frame survive the next."""
+    from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
+
+    net = _tiny_dinov2()
+    eager = DinoV2TorchEncoder(net, input_size=56, device="cuda")
+    graphs = DinoV2TorchEncoder(
+        net, input_size=56, device="cuda", compile=True, compile_mode="reduce-overhead"
+    )
+    a, b = _frames(2, 60, 80), _frames(2, 60, 80)[::-1]
+    for _ in range(3):  # cudagraph trees record after warm-up calls
+        graphs.encode(a)
+    first = graphs.encode(a)[VISION]
+    kept = first.clone()
+    second = graphs.encode(b)[VISION]
+    torch.testing.assert_close(first, kept)
+    torch.testing.assert_close(first, eager.encode(a)[VISION], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(second, eager.encode(b)[VISION], atol=1e-3, rtol=1e-3)
