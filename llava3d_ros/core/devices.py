@@ -9,9 +9,48 @@ the geometry stays on the CPU and :func:`plan_devices` says so.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+# What the libraries say when memory runs out: torch raises OutOfMemoryError, onnxruntime,
+# open3d and cuBLAS a RuntimeError with one of these in the message.
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|cudaErrorMemoryAllocation|"
+    r"Failed to allocate memory|CUBLAS_STATUS_ALLOC_FAILED",
+    re.IGNORECASE,
+)
+OUT_OF_MEMORY_HINT = (
+    "lower encoder.max_batch_size, store voxel features as float16 "
+    "(memory.feature_dtype), shorten the question, or give the language model its own device"
+)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a device (or the host)
+    running out of memory."""
+    import torch
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(current, RuntimeError) and _OUT_OF_MEMORY.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def release_cached_memory() -> None:
+    """After running out of memory: hand torch's cached, unused GPU blocks back, so the
+    next request (or the other model) can have them."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def cuda_available() -> bool:

@@ -54,6 +54,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from llava3d_ros.core import pipeline as pl
+from llava3d_ros.core.devices import (
+    OUT_OF_MEMORY_HINT,
+    is_out_of_memory,
+    release_cached_memory,
+)
 from llava3d_ros.core.geometry import CameraIntrinsics, UnsupportedEncodingError, depth_to_meters
 from llava3d_ros.ros.conversions import (
     ImageConversionError,
@@ -421,6 +426,14 @@ class IngestWorker:
             return True
         except ValueError as exc:  # malformed camera info and the like
             self._drop("bad_input", str(exc))
+            return False
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # A frame too many for the GPU (the language model may hold most of it): drop
+            # it, hand the cache back, keep ingesting.
+            release_cached_memory()
+            self._drop("out_of_memory", f"{type(exc).__name__}: {exc}; {OUT_OF_MEMORY_HINT}")
             return False
         if outcome.keyframe is None:
             return False

@@ -35,6 +35,11 @@ from rclpy.time import Time
 from std_msgs.msg import Header
 
 from llava3d_ros.core import pipeline as pl
+from llava3d_ros.core.devices import (
+    OUT_OF_MEMORY_HINT,
+    is_out_of_memory,
+    release_cached_memory,
+)
 from llava3d_ros.core.geometry import transform_points
 from llava3d_ros.core.questions import is_view_question, parse_question
 from llava3d_ros.core.spatial import Box3D, Viewpoint
@@ -59,6 +64,17 @@ Outcome = tuple[str, str]
 #: Ask goal modes: auto routes (view question + view model -> view; spatial -> geometry;
 #: open -> the 3D model, or the view model when only that one is configured).
 ASK_MODES = ("auto", "geometry", "lmm", "view")
+
+
+def failure_outcome(kind: str, exc: Exception, logger: Any) -> tuple[str, str]:
+    """The result code and message of a goal that raised: OUT_OF_MEMORY (the cached GPU
+    memory handed back, so the next goal can succeed) or UNKNOWN with the exception."""
+    if is_out_of_memory(exc):
+        release_cached_memory()
+        logger.error(f"{kind} goal ran out of memory: {type(exc).__name__}: {exc}")
+        return "OUT_OF_MEMORY", f"out of memory ({exc}); {OUT_OF_MEMORY_HINT}"
+    logger.error(f"{kind} goal failed: {traceback.format_exc()}")
+    return "UNKNOWN", f"{type(exc).__name__}: {exc}"
 
 
 class GoalSlots:
@@ -224,8 +240,7 @@ class QueryServer:
                 else:
                     code, message = body(goal_handle, result)
         except Exception as exc:  # every goal gets an answer; a bug says what it was
-            self._logger.error(f"{kind} goal failed: {traceback.format_exc()}")
-            code, message = "UNKNOWN", f"{type(exc).__name__}: {exc}"
+            code, message = failure_outcome(kind, exc, self._logger)
         finally:
             self.slots.release()
         elapsed = time.perf_counter() - t0

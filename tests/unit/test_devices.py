@@ -70,3 +70,34 @@ def test_the_node_configuration_carries_the_plan(backend: str) -> None:
     assert cfg.geometry.device == "CPU:0"
     if backend == "dinov2_onnx":
         assert enc["providers"] == ["cpu"]
+
+
+def test_out_of_memory_is_recognised_through_wrappers_and_library_messages() -> None:
+    import torch
+
+    from llava3d_ros.core.devices import is_out_of_memory
+    from llava3d_ros.core.encoders.base import EncoderError
+
+    torch_oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert is_out_of_memory(torch_oom)
+    assert is_out_of_memory(MemoryError())
+    try:  # an encoder wraps the library's error in its own
+        try:
+            raise torch_oom
+        except torch.OutOfMemoryError as inner:
+            raise EncoderError("dinov2_onnx: inference failed") from inner
+    except EncoderError as wrapped:
+        assert is_out_of_memory(wrapped)
+    for message in (
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested "
+        "buffer of size 2097152",
+        "[Open3D Error] CUDA runtime error: out of memory",
+        "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    ):
+        assert is_out_of_memory(RuntimeError(message)), message
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not a runtime failure
+    loop = RuntimeError("a")
+    loop.__context__ = RuntimeError("b")
+    loop.__context__.__context__ = loop  # a cycle ends the walk
+    assert not is_out_of_memory(loop)

@@ -625,3 +625,60 @@ def test_camera_info_without_images_is_reported_once(tiny_bundle: Any) -> None:
     worker2.on_depth(depth)
     now[0] = 100.0
     assert not worker2.check_inputs() and worker2.logger.lines == []  # type: ignore[attr-defined]
+
+
+def test_a_keyframe_that_runs_out_of_memory_is_dropped_and_ingest_goes_on(
+    tiny_bundle: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from llava3d_ros.ros import ingest
+
+    released: list[bool] = []
+    monkeypatch.setattr(ingest, "release_cached_memory", lambda: released.append(True))
+    now = [0.0]
+    worker, tf, tel = _worker(tiny_bundle, now, max_lag_s=0.0)
+    memory = worker.pipeline.memory
+    integrate = memory.integrate
+    calls = [0]
+
+    def first_runs_out(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+        return integrate(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "integrate", first_runs_out)
+    _queue_frames(worker, tf, [10.0])
+    assert not worker.drain()
+    assert tel.snapshot().drops == {"out_of_memory": 1} and released == [True]
+    assert any("max_batch_size" in line for line in worker.logger.lines)  # what to lower
+    _queue_frames(worker, tf, [11.0])
+    assert worker.drain()  # the next keyframe integrates
+    assert tel.snapshot().counters["keyframes"] == 1
+    # Any other exception is still a bug for the ingest loop to report.
+    monkeypatch.setattr(memory, "integrate", lambda *a, **k: 1 / 0)
+    _queue_frames(worker, tf, [12.0])
+    with pytest.raises(ZeroDivisionError):
+        worker.drain()
+
+
+def test_a_goal_that_runs_out_of_memory_answers_out_of_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+    from llava3d_interfaces.action import Ask, Describe, Ground, Segment
+
+    from llava3d_ros.ros import queries
+
+    released: list[bool] = []
+    monkeypatch.setattr(queries, "release_cached_memory", lambda: released.append(True))
+    log = _Log()
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+    code, message = queries.failure_outcome("ask", oom, log)
+    assert code == "OUT_OF_MEMORY" and "3.00 GiB" in message and "its own device" in message
+    assert released == [True]
+    code, message = queries.failure_outcome("ground", KeyError("x"), log)
+    assert (code, message) == ("UNKNOWN", "KeyError: 'x'") and released == [True]
+    for action in (Ask, Describe, Ground, Segment):  # every action has the code
+        assert action.Result.OUT_OF_MEMORY == 11

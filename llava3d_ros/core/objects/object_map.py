@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from llava3d_ros.core import voxel_keys as vk
+from llava3d_ros.core.devices import is_out_of_memory, release_cached_memory
 from llava3d_ros.core.encoders.base import PatchGeometry
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.objects.colour import colour_histogram, colour_name
@@ -219,6 +220,8 @@ class ObjectMap:
             except Exception as exc:  # keep the worker alive; the owner logs the error
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if is_out_of_memory(exc):  # crops' encoder calls share the GPU
+                    release_cached_memory()
 
     def flush(self, complete: bool = True) -> ObjectSnapshot:
         """Run an update now if anything changed since the last one (tests, evaluation,
