@@ -94,9 +94,9 @@ def test_a_keyframe_on_the_cpu_needs_few_syncs(bundle) -> None:  # type: ignore[
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_keyframe_on_cuda_copies_only_one_way(tmp_path: Path) -> None:
-    """Encoder on the GPU, memory on the GPU: the frame and the lifted points go up, the
-    object layer's copy of the patch features comes down once; nothing makes a round
-    trip, and the syncs are the CPU run's."""
+    """Encoder on the GPU, memory on the GPU: the frame, its depth and pose go up (lifting
+    runs on the device), the object layer's fp16 copy of the patch features comes down
+    once; nothing makes a round trip, and the syncs are the CPU run's."""
     clip = make_tiny_clip(tmp_path / "clip")
     gpu = create_encoders({"backend": "hf_clip", "model": str(clip), "device": "cuda"})
     cpu = create_encoders({"backend": "hf_clip", "model": str(clip), "device": "cpu"})
@@ -104,5 +104,5 @@ def test_a_keyframe_on_cuda_copies_only_one_way(tmp_path: Path) -> None:
     on_cpu = _keyframe_counts(cpu, "cpu")
     for g, c in zip(on_gpu[1:], on_cpu[1:], strict=True):
         assert g.d2h <= 2, g.where  # the object layer's feature copy
-        assert g.h2d <= 4, g.where  # pixels, points, indices, robot position
+        assert g.h2d <= 4, g.where  # pixels, depth, pose, robot position
         assert g.scalar_reads + g.data_dependent == c.scalar_reads + c.data_dependent
