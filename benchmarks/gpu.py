@@ -9,7 +9,7 @@ Stages (the GPU column is empty when torch sees no CUDA device; the CPU column a
   GPU, eager and with CUDA graphs (``compile_mode: reduce-overhead``); ``dinov2_onnx``
   (onnxruntime: CPU, and its CUDA provider when onnxruntime-gpu is installed); ``hf_clip``
   CLIP ViT-L/14-336 at its real shape with random weights (the released weights cannot
-  travel), fp32, and fp16 on the GPU.
+  travel), fp32, and fp16 on the GPU, eager and with CUDA graphs.
 - lift + fuse per keyframe: ``lift_patches`` + ``VoxelPatchMemory.integrate``, both on
   the device (host depth in; 1024 + 384 channels, features already on the device, as the
   encoder leaves them).
@@ -293,6 +293,16 @@ def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
                 cpu_fp32[b] = cells["cpu"]
             name = "CLIP ViT-L/14-336" if not quick else "CLIP (tiny)"
             rows.append(Row(f"{name} {precision} batch {b}", "ms/view", cpu_fp32[b], cells["cuda"]))
+    if torch.cuda.is_available():  # CUDA graphs
+        for b in batches:
+            dev = torch.device("cuda")
+            enc = HFClipImageEncoder(
+                model, device=dev, dtype=torch.float16, compile=True, compile_mode="reduce-overhead"
+            )
+            per_view(enc.encode, b, dev)  # compile and record outside the timing
+            name = "CLIP ViT-L/14-336" if not quick else "CLIP (tiny)"
+            gpu_ms = per_view(enc.encode, b, dev)
+            rows.append(Row(f"{name} fp16 CUDA graphs batch {b}", "ms/view", cpu_fp32[b], gpu_ms))
     return rows
 
 

@@ -444,3 +444,46 @@ def test_measure_dense_variants_runs(tiny_dir: Path) -> None:
 
     grid = patch_labels(labels[0], PatchGeometry(56, 56, 14, 4, 4), 2)
     assert (grid[:, :2] == 0).all() and (grid[:, 2:] == 1).all()
+
+
+@pytest.mark.slow
+def test_compiled_tower_equals_eager_and_keeps_each_calls_features(tiny_dir: Path, bundle) -> None:  # type: ignore[no-untyped-def]
+    compiled = create_encoders(
+        {
+            "backend": "hf_clip",
+            "model": str(tiny_dir),
+            "dense_mode": "maskclip",
+            "compile": True,
+            "compile_mode": "reduce-overhead",
+            "text": False,
+        }
+    )
+    a, b = _images(2), _images(2, seed=1)
+    first = compiled.image.encode(a)
+    kept = {k: v.clone() for k, v in first.items()}
+    compiled.image.encode(b)
+    eager = bundle.image.encode(a)
+    for kind in (VISION, GROUND):
+        torch.testing.assert_close(first[kind], kept[kind])
+        torch.testing.assert_close(first[kind], eager[kind], atol=1e-4, rtol=1e-4)
+    with pytest.raises(EncoderError, match="compile_mode"):
+        create_encoders({"backend": "hf_clip", "model": str(tiny_dir), "compile_mode": "turbo"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_graphs_tower_keeps_each_frames_features(tiny_dir: Path) -> None:
+    def make(**extra: object):  # type: ignore[no-untyped-def]
+        options = {"backend": "hf_clip", "model": str(tiny_dir), "device": "cuda", "text": False}
+        return create_encoders({**options, **extra}).image
+
+    eager = make(dtype="float32")
+    graphs = make(dtype="float32", compile=True, compile_mode="reduce-overhead")
+    a, b = _images(2), _images(2, seed=1)
+    for _ in range(3):  # cudagraph trees record after warm-up calls
+        graphs.encode(a)
+    first = graphs.encode(a)[VISION]
+    kept = first.clone()
+    second = graphs.encode(b)[VISION]
+    torch.testing.assert_close(first, kept)
+    torch.testing.assert_close(first, eager.encode(a)[VISION], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(second, eager.encode(b)[VISION], atol=1e-3, rtol=1e-3)

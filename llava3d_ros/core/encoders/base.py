@@ -16,8 +16,9 @@ One forward pass gives both, so the memory never re-encodes images per query.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,3 +188,37 @@ def resolve_torch_dtype(dtype: str, device: torch.device, backend: str) -> torch
             f"{backend}: dtype must be auto or one of {sorted(_TORCH_DTYPES)}, got {dtype!r}"
         )
     return _TORCH_DTYPES[dtype]
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile_mode(mode: str, backend: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise EncoderError(
+            f"{backend}: compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}"
+        )
+
+
+class CompiledForward:
+    """``fn`` through ``torch.compile(mode=...)``. ``reduce-overhead`` and ``max-autotune``
+    replay CUDA graphs on a GPU (one launch instead of hundreds of kernel launches), and
+    a graph writes every call's outputs into the same buffers: each call is marked as a
+    new step and its tensors are copied out, or features kept from one frame would be
+    overwritten by the next."""
+
+    def __init__(
+        self, fn: Callable[..., Any], mode: str, device: torch.device, backend: str
+    ) -> None:
+        check_compile_mode(mode, backend)
+        self._fn = torch.compile(fn, mode=mode)
+        self.cuda_graphs = mode in ("reduce-overhead", "max-autotune") and device.type == "cuda"
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.cuda_graphs:
+            return self._fn(*args)
+        torch.compiler.cudagraph_mark_step_begin()
+        out = self._fn(*args)
+        if isinstance(out, dict):
+            return {k: v.clone() for k, v in out.items()}
+        return out.clone()

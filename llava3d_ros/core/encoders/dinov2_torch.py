@@ -35,10 +35,12 @@ import torch
 from .base import (
     GROUND,
     VISION,
+    CompiledForward,
     EncoderBundle,
     EncoderError,
     ImageEncoder,
     PatchGeometry,
+    check_compile_mode,
     resolve_torch_device,
     resolve_torch_dtype,
 )
@@ -75,7 +77,6 @@ _RENAMES = (
 # Only masked-image training uses it; inference never reads it (the export dropped it).
 MASK_TOKEN = "embeddings.mask_token"
 ENGINE_FILE = "engine.ep"  # a torch-tensorrt engine saved as an ExportedProgram
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _MATMUL_RE = re.compile(r"^/backbone/(.+)/MatMul$")
 
 
@@ -296,11 +297,7 @@ class DinoV2TorchEncoder(ImageEncoder):
         h, w = _parse_size(input_size)
         if max_batch_size < 1:
             raise EncoderError("dinov2_torch: max_batch_size must be >= 1")
-        if compile_mode not in COMPILE_MODES:
-            raise EncoderError(
-                f"dinov2_torch: compile_mode must be one of {', '.join(COMPILE_MODES)}, "
-                f"got {compile_mode!r}"
-            )
+        check_compile_mode(compile_mode, "dinov2_torch")
         self.geometry = PatchGeometry(h, w, PATCH_SIZE, h // PATCH_SIZE, w // PATCH_SIZE)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -311,18 +308,9 @@ class DinoV2TorchEncoder(ImageEncoder):
         if tensorrt is not None:
             self._tokens = tensorrt(tokens)
         elif compile:
-            self._tokens = torch.compile(tokens, mode=compile_mode)
+            self._tokens = CompiledForward(tokens, compile_mode, self.device, "dinov2_torch")
         else:
             self._tokens = tokens
-        # CUDA graphs write every call's output into the same buffers: mark each call as a
-        # new step and copy the tokens out, or a caller keeping a frame's features would see
-        # them overwritten by the next frame.
-        self._graph_outputs = (
-            tensorrt is None
-            and compile
-            and compile_mode in ("reduce-overhead", "max-autotune")
-            and self.device.type == "cuda"
-        )
         self._head = head
         self.vision_dim = int(net.config.hidden_size)
         self.feature_dims = feature_dims_with_head(
@@ -344,11 +332,7 @@ class DinoV2TorchEncoder(ImageEncoder):
         for start in range(0, len(images), self._max_batch):
             part = images[start : start + self._max_batch]
             pixels = torch.from_numpy(imagenet_preprocess(part, g.input_height, g.input_width))
-            if self._graph_outputs:
-                torch.compiler.cudagraph_mark_step_begin()
             tokens = self._tokens(pixels.to(self.device, self.dtype))
-            if self._graph_outputs:
-                tokens = tokens.clone()
             chunks.append(tokens[:, 1:, :])  # CLS dropped
         tokens = torch.cat(chunks, 0) if len(chunks) > 1 else chunks[0]
         vision = tokens.float().reshape(len(images), g.grid_height, g.grid_width, -1)

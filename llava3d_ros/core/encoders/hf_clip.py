@@ -43,7 +43,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,11 +56,13 @@ from .base import (
     CROP_MODES,
     GROUND,
     VISION,
+    CompiledForward,
     EncoderBundle,
     EncoderError,
     ImageEncoder,
     PatchGeometry,
     TextEncoder,
+    check_compile_mode,
     check_images,
     resolve_torch_device,
     resolve_torch_dtype,
@@ -288,7 +290,12 @@ class HFClipImageEncoder(ImageEncoder):
         dtype: torch.dtype = torch.float32,
         max_batch_size: int = 16,
         crop: str = "center",
+        compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
+        """``compile``: torch.compile the tower pass of :meth:`encode` in ``compile_mode``
+        (``reduce-overhead`` replays CUDA graphs on a GPU: see ``CompiledForward``)."""
+        check_compile_mode(compile_mode, "hf_clip")
         # CLIPModel has .vision_model + .visual_projection; CLIPVisionModel is the tower
         # itself in transformers 5 and wraps it in .vision_model in 4.x.
         tower = getattr(model, "vision_model", model)
@@ -344,6 +351,11 @@ class HFClipImageEncoder(ImageEncoder):
         self.feature_dims = {VISION: int(vcfg.hidden_size)}
         if self._projection is not None:
             self.feature_dims[GROUND] = int(self._projection.out_features)
+        self._features: Callable[[torch.Tensor], dict[str, torch.Tensor]] = (
+            CompiledForward(self.forward_features, compile_mode, self.device, "hf_clip")
+            if compile
+            else self.forward_features
+        )
 
     @property
     def max_batch_size(self) -> int:
@@ -472,7 +484,7 @@ class HFClipImageEncoder(ImageEncoder):
         parts: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(images), self._max_batch):
             pixels = self.preprocess(images[start : start + self._max_batch])
-            parts.append(self.forward_features(pixels))
+            parts.append(self._features(pixels))
         if len(parts) == 1:
             return parts[0]
         return {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
@@ -580,6 +592,10 @@ class HFClipOptions:
     crop: str = "auto"  # auto (the checkpoint's do_center_crop), center, none
     text: bool = True  # build the text encoder (needs tokenizer files)
     max_batch_size: int = 16
+    compile: bool = False  # torch.compile the tower pass (first frames slower)
+    # torch.compile mode: default, reduce-overhead (CUDA graphs on a GPU), max-autotune,
+    # max-autotune-no-cudagraphs
+    compile_mode: str = "default"
 
 
 @register_backend("hf_clip")
@@ -605,6 +621,8 @@ def create_hf_clip(options: Mapping[str, Any]) -> EncoderBundle:
         device=device,
         dtype=dtype,
         max_batch_size=opts.max_batch_size,
+        compile=opts.compile,
+        compile_mode=opts.compile_mode,
     )
     text = None
     if opts.text and config.model_type == "clip":
