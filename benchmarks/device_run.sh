@@ -26,7 +26,8 @@ py=${PYTHON:-python3}
 # modules they exercise, so a CUDA-only failure is told apart from a broken module.
 "$py" -m pytest -q -p no:cacheprovider -o addopts="" \
   tests/unit/test_lifting.py tests/unit/test_transfers.py tests/unit/test_hash_table.py \
-  tests/unit/test_dinov2_torch.py tests/unit/test_engine_cache.py -rs 2>&1 | tee "$OUT/cuda_tests.txt"
+  tests/unit/test_dinov2_torch.py tests/unit/test_engine_cache.py tests/unit/test_hf_clip.py \
+  tests/unit/test_gpu_paths.py -rs 2>&1 | tee "$OUT/cuda_tests.txt"
 tests_rc=${PIPESTATUS[0]}
 
 bench_args=(--runs "${RUNS:-20}")

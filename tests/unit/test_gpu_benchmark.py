@@ -1,17 +1,26 @@
-"""benchmarks/gpu.py runs end to end (tiny sizes) and prints every stage with a CPU figure,
-so the GPU run on a lent machine does not fail on a renamed API first."""
+"""benchmarks/gpu.py runs end to end (tiny sizes) and prints every stage with a CPU and a
+GPU figure, the GPU's from the emulated device where there is no GPU: a GPU session is
+rare and short, and must not be spent on a crash in the benchmark's CUDA branches."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
-import torch
+
+from tests.cuda_emulation import cuda_or_emulated
+
+# No GPU figure by design: open3d's CUDA build is not installed here (the TSDF), and the
+# segmentation runs on the host (docs/decisions/0012). dinov2_onnx needs onnxruntime-gpu.
+HOST_ONLY = ("geometry integration", "segmentation (", "dinov2_onnx")
 
 
 @pytest.mark.slow
 def test_the_gpu_benchmark_prints_every_stage(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import gpu
 
-    assert gpu.main(["--quick", "--runs", "1", "--frames", "3"]) == 0
+    with cuda_or_emulated():
+        assert gpu.main(["--quick", "--runs", "1", "--frames", "3"]) == 0
     out = capsys.readouterr().out
     table = out[out.index("stage ") :]
     for stage in (
@@ -31,5 +40,9 @@ def test_the_gpu_benchmark_prints_every_stage(capsys: pytest.CaptureFixture[str]
         assert line is not None, stage
         cpu, gpu_ms = line.split()[-3:-1]
         assert float(cpu) > 0, line
-        assert (gpu_ms == "-") == (not torch.cuda.is_available()) or "segmentation" in stage
+        if not stage.startswith(HOST_ONLY):
+            assert float(gpu_ms) > 0, line
     assert "keyframe traffic on cpu: 0 host->device" in out
+    traffic = re.search(r"keyframe traffic on cuda: (\d+) host->device .* (\d+) device->host", out)
+    assert traffic is not None, out
+    assert int(traffic[1]) <= 4 and int(traffic[2]) <= 2, traffic[0]
