@@ -28,6 +28,7 @@ device boundary only where it means to?".
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -352,6 +353,15 @@ def emulated_cuda() -> Iterator[None]:
         )
     )
     patches.append(mock.patch.object(torch, "Generator", _EmulatedGenerator))
+    # torch's modes are per thread, a CUDA device is per process: threads started in the
+    # block (the object worker, an executor's) see the device too.
+    thread_run = threading.Thread.run
+
+    def run_on_the_device(thread: threading.Thread) -> None:
+        with _Placement(), _Factories():
+            thread_run(thread)
+
+    patches.append(mock.patch.object(threading.Thread, "run", run_on_the_device))
     with contextlib.ExitStack() as stack:
         for p in patches:
             stack.enter_context(p)

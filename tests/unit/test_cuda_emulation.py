@@ -4,6 +4,8 @@ GPU-path tests rely on each of these: if one broke, they would pass on code a GP
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,12 @@ def test_the_transfer_meter_sees_copies_and_scalar_reads() -> None:
     c = meter.counts
     assert (c.h2d, c.h2d_bytes, c.d2h, c.d2h_bytes) == (2, 48, 1, 8), c.where
     assert c.scalar_reads == 1 and c.data_dependent == 1
+
+
+def test_threads_started_in_the_block_see_the_device() -> None:
+    made: list[torch.device] = []
+    with emulated_cuda():
+        worker = threading.Thread(target=lambda: made.append(torch.zeros(2, device="cuda").device))
+        worker.start()
+        worker.join()
+    assert made == [torch.device("cuda", 0)]
