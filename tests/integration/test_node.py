@@ -56,12 +56,11 @@ class NodeUnderTest:
         start_process,
         tmp_path: Path,
         proc_name: str = "llava3d",  # type: ignore[no-untyped-def]
+        entry: tuple[str, ...] = ("-m", "llava3d_ros.cli"),
         **overrides: object,
     ):
         params = write_params(tmp_path, **overrides)
-        self.proc = start_process(
-            ["-m", "llava3d_ros.cli", "up", "--params", str(params)], name=proc_name
-        )
+        self.proc = start_process([*entry, "up", "--params", str(params)], name=proc_name)
         node = client_side.node
         self.node = node
         self.stats: list[MemoryStats] = []
@@ -314,3 +313,38 @@ def test_sim_time_follows_clock_received_off_the_query_executor(
     wait_until(lambda: len(n.stats) >= count + 3, 30.0, "stats while /clock is paused")
     r = n.send(n.ground, Ground.Goal(query="anything"))
     assert (r.result.header.stamp.sec, r.result.header.stamp.nanosec) == (1234, 500_000_000)
+
+
+def test_the_node_on_a_cuda_device(client_side, start_process, tmp_path, real_frame) -> None:  # type: ignore[no-untyped-def]
+    """``device: cuda``: configure puts every stage on the device, frames are integrated
+    there, queries and snapshots are answered. Without a GPU the node runs on the emulated
+    device (tests/cuda_emulation.py: CUDA's placement rules, CPU kernels)."""
+    import torch
+
+    entry = (
+        ("-m", "llava3d_ros.cli") if torch.cuda.is_available() else ("tests/emulated_cuda_node.py",)
+    )
+    snaps = tmp_path / "snapshots"
+    n = NodeUnderTest(
+        client_side,
+        start_process,
+        tmp_path,
+        entry=entry,
+        device="cuda",
+        **{"snapshot.dir": str(snaps)},
+    )
+    assert "device cuda: encoder cuda, memory cuda" in n.proc.log_text()
+    _feed(n, real_frame, 4)
+    wait_until(lambda: n.latest().keyframes_integrated >= 4, 90.0, "4 keyframes")
+    stats = n.latest()
+    assert stats.num_voxels > 100 and sum(stats.drop_counts) == 0, n.drops()
+    r = n.send(n.ground, Ground.Goal(query="the motorcycle"))
+    assert r.result.error_code in (Ground.Result.NONE, Ground.Result.NO_MATCH), r.result
+    assert r.result.memory_voxels == stats.num_voxels
+    saved = n.service(SaveMemory, "/llava3d/save_memory", SaveMemory.Request(name="mem"))
+    assert saved.success and saved.num_voxels == stats.num_voxels, saved.message
+    cleared = n.service(ClearMemory, "/llava3d/clear_memory", ClearMemory.Request())
+    assert cleared.success
+    loaded = n.service(LoadMemory, "/llava3d/load_memory", LoadMemory.Request(name="mem"))
+    assert loaded.success and loaded.num_voxels == stats.num_voxels, loaded.message
+    assert n.proc.alive()
