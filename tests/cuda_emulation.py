@@ -19,7 +19,8 @@ on a GPU. ``torch.cuda``'s queries (``is_available``, ``get_device_name``, ``mem
 ``synchronize``, ...) answer as for one 16 GiB device.
 
 What it cannot say: anything about CUDA kernels (numerics, fp16/bf16 support, speed),
-streams and asynchronous copies (every copy completes at once), memory, CUDA graphs and
+streams and asynchronous copies (every copy completes at once), gradients across the
+device boundary (copies are made without autograd), memory, CUDA graphs and
 ``torch.compile``, or libraries that reach device memory without torch (onnxruntime,
 open3d, DLPack). It answers "does the code keep its tensors where it says, and cross the
 device boundary only where it means to?".
@@ -306,11 +307,13 @@ def _move(func: Any, args: Any, kwargs: Any) -> Any:
         return EmulatedCudaTensor(converted) if on_cuda else converted
     if to_cuda:  # host -> device
         out: torch.Tensor = EmulatedCudaTensor(torch.empty_like(converted))
-        torch.ops.aten.copy_.default(out, converted)
+        with torch.no_grad():  # autograd's copy node would ask for a CUDA device guard
+            torch.ops.aten.copy_.default(out, converted)
         return out
     out = torch.empty_like(converted)  # device -> host
     source = t if converted is inner else EmulatedCudaTensor(converted)
-    torch.ops.aten.copy_.default(out, source)
+    with torch.no_grad():
+        torch.ops.aten.copy_.default(out, source)
     return out
 
 

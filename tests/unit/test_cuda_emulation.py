@@ -66,6 +66,12 @@ def test_modules_move_and_compute_as_on_the_cpu() -> None:
             *(torch.randn(1, 2, 5, 4, device="cuda") for _ in range(3))
         )
         assert attn.is_cuda  # torch's composite kernels make their buffers on the device
+        with torch.inference_mode():
+            view = net[0].bias.expand(2, -1)  # a view of a parameter, in inference mode
+        assert view.is_cuda and not view.is_inference()
+        same = torch.as_tensor(net[0].weight)  # a device tensor passed through
+        assert same.is_cuda and torch.as_tensor(same, device="cpu").device.type == "cpu"
+        assert net[0].weight.requires_grad and not net[0].weight.to("cpu").is_cuda
 
 
 def test_mixing_host_and_device_tensors_is_refused_as_on_a_gpu() -> None:
