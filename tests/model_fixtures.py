@@ -1,5 +1,6 @@
 """Tiny, randomly initialised models written to disk in their real formats, loaded by
-the node through the same loaders as real checkpoints (no network, seconds to build)."""
+the node through the same loaders as real checkpoints (no network, seconds to build),
+and a tiny DINOv2 backbone in memory for the torch encoder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from typing import Any
 import torch
 
 CLIP_WIDTH = 32  # vision hidden size of the tiny CLIP = the tiny LMM's mm_hidden_size
+
+
+def make_tiny_dinov2(**config: Any) -> torch.nn.Module:
+    """A transformers DINOv2 at a tiny shape (patch 14, width 32, 2 layers), seed 0, in
+    eval mode; ``config`` overrides Dinov2Config fields."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    fields = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14
+    )
+    torch.manual_seed(0)
+    return Dinov2Model(Dinov2Config(**{**fields, **config})).eval()
 
 
 def make_tiny_clip(out: Path, seed: int = 0) -> Path:

@@ -15,7 +15,7 @@ from llava3d_ros.core.encoders.base import GROUND, VISION
 from llava3d_ros.core.encoders.dinov2_torch import build_dinov2, extract_dinov2
 from llava3d_ros.core.encoders.onnx_dinov2 import default_model_installed, default_model_path
 from llava3d_ros.models import default_head_path
-from tests.model_fixtures import check_graph_outputs_survive
+from tests.model_fixtures import check_graph_outputs_survive, make_tiny_dinov2
 
 
 def _frames(n: int, h: int = 480, w: int = 640) -> list[np.ndarray]:
@@ -116,23 +116,13 @@ def test_cuda_fp16_matches_the_cpu() -> None:
     assert float(cos.min()) > 0.999
 
 
-def _tiny_dinov2() -> torch.nn.Module:
-    from transformers import Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=14
-    )
-    torch.manual_seed(0)
-    return Dinov2Model(config).eval()
-
-
 @pytest.mark.slow
 def test_compiled_backbone_equals_eager_in_every_mode() -> None:
     """torch.compile in the CUDA-graph mode (on the CPU it compiles without graphs) gives
     the eager features, and a second call leaves the first call's features intact."""
     from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
 
-    net = _tiny_dinov2()
+    net = make_tiny_dinov2()
     frames = _frames(2, 60, 80)
     eager = DinoV2TorchEncoder(net, input_size=56).encode(frames)[VISION]
     compiled = DinoV2TorchEncoder(net, input_size=56, compile=True, compile_mode="reduce-overhead")
@@ -151,7 +141,7 @@ def test_cuda_graphs_keep_each_frames_features() -> None:
     the tokens out, so features kept from one frame survive the next."""
     from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
 
-    net = _tiny_dinov2()
+    net = make_tiny_dinov2()
     eager = DinoV2TorchEncoder(net, input_size=56, device="cuda")
     graphs = DinoV2TorchEncoder(
         net, input_size=56, device="cuda", compile=True, compile_mode="reduce-overhead"

@@ -22,6 +22,7 @@ from llava3d_ros.core.encoders import EncoderError, create_encoders, engine_cach
 from llava3d_ros.core.encoders import dinov2_torch as dt
 from llava3d_ros.core.encoders import onnx_dinov2 as od
 from llava3d_ros.core.encoders.engine_cache import EngineCache, EngineKey
+from tests.model_fixtures import make_tiny_dinov2
 
 KEY = EngineKey(
     builder="onnxruntime-tensorrt",
@@ -221,7 +222,7 @@ def test_dinov2_torch_tensorrt_without_torch_tensorrt_or_cuda_is_a_clear_error(
     monkeypatch.setitem(sys.modules, "torch_tensorrt", None)
     with pytest.raises(EncoderError, match="torch-tensorrt is not installed"):
         dt.tensorrt_tokens(
-            dt.PatchTokens(_tiny_dinov2()),
+            dt.PatchTokens(make_tiny_dinov2(image_size=28)),
             "ab",
             28,
             28,
@@ -230,21 +231,6 @@ def test_dinov2_torch_tensorrt_without_torch_tensorrt_or_cuda_is_a_clear_error(
             torch.float32,
             EngineCache("/nonexistent"),
         )
-
-
-def _tiny_dinov2() -> object:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=14,
-        image_size=28,
-    )
-    return Dinov2Model(config).eval()
 
 
 class StandInTorchTensorrt(types.ModuleType):
@@ -278,7 +264,7 @@ def test_dinov2_torch_tensorrt_engine_is_built_once_then_loaded_from_the_cache(
     fake = StandInTorchTensorrt()
     monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
     _fake_gpu(monkeypatch, dt, "NVIDIA H100 80GB HBM3", "10.3.0")
-    net = _tiny_dinov2()
+    net = make_tiny_dinov2(image_size=28)
     cache = EngineCache(tmp_path)
 
     def encoder() -> dt.DinoV2TorchEncoder:
@@ -315,11 +301,11 @@ def test_a_corrupt_cached_engine_is_a_clear_error(
     _fake_gpu(monkeypatch, dt, "gpu", "10.3.0")
     cache = EngineCache(tmp_path)
     key_args = ("ab" * 32, 28, 28, 1, torch.device("cpu"), torch.float32, cache)
-    dt.tensorrt_tokens(dt.PatchTokens(_tiny_dinov2()), *key_args)
+    dt.tensorrt_tokens(dt.PatchTokens(make_tiny_dinov2(image_size=28)), *key_args)
     (engine,) = (tmp_path / "trt").glob(f"*/{dt.ENGINE_FILE}")
     engine.write_bytes(b"not a program")
     with pytest.raises(EncoderError, match="does not load"):
-        dt.tensorrt_tokens(dt.PatchTokens(_tiny_dinov2()), *key_args)
+        dt.tensorrt_tokens(dt.PatchTokens(make_tiny_dinov2(image_size=28)), *key_args)
     assert fake.compiles == 1
 
 

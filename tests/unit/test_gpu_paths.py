@@ -21,7 +21,7 @@ from llava3d_ros.core.encoders.base import VISION
 from llava3d_ros.core.transfers import TransferMeter
 from tests.cuda_emulation import cuda_or_emulated
 from tests.lmm_fixtures import make_tiny_checkpoint
-from tests.model_fixtures import make_tiny_clip, make_tiny_view_lmm
+from tests.model_fixtures import make_tiny_clip, make_tiny_dinov2, make_tiny_view_lmm
 
 QUESTION = "What is on the table ?"
 
@@ -32,14 +32,9 @@ def _images(n: int, seed: int = 0, h: int = 60, w: int = 80) -> list[np.ndarray]
 
 
 def test_torch_encoders_on_the_device_give_the_cpu_features(tmp_path: Path) -> None:
-    from transformers import Dinov2Config, Dinov2Model
-
     from llava3d_ros.core.encoders.dinov2_torch import DinoV2TorchEncoder
 
-    torch.manual_seed(0)
-    net = Dinov2Model(
-        Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=14)
-    ).eval()
+    net = make_tiny_dinov2()
     clip = make_tiny_clip(tmp_path / "clip")
     frames = _images(2)
 
