@@ -3,8 +3,9 @@ pooling), geometry (the TSDF and instance layer), the language models.
 
 The top-level ``device`` (auto, cpu, cuda) is what every stage left at ``auto`` runs on;
 a stage given its own device keeps it. ``auto`` at the top means CUDA when torch sees a
-GPU. open3d names devices its own way (``CUDA:0``) and may be a CPU-only build: then
-the geometry stays on the CPU and :func:`plan_devices` says so.
+GPU. The geometry names devices open3d's way (``CUDA:0``); where open3d is a CPU-only
+build (its default wheel, every Jetson) the TSDF runs on the GPU through its torch grid
+(``core/objects/tsdf_torch.py``) and :func:`plan_devices` says so.
 """
 
 from __future__ import annotations
@@ -92,11 +93,13 @@ class DevicePlan:
     lmm: str
     view: str
     notes: tuple[str, ...] = ()
+    geometry_backend: str = "auto"  # the TSDF grid: open3d or torch (auto: decided by it)
 
     def summary(self) -> str:
+        grid = "" if self.geometry_backend == "auto" else f" ({self.geometry_backend})"
         text = (
             f"device {self.compute}: encoder {self.encoder}, memory {self.memory}, geometry "
-            f"{self.geometry}, lmm {self.lmm}, view {self.view}"
+            f"{self.geometry}{grid}, lmm {self.lmm}, view {self.view}"
         )
         return text + "".join(f"; {n}" for n in self.notes)
 
@@ -109,24 +112,37 @@ def plan_devices(
     geometry: str = "auto",
     lmm: str = "auto",
     view: str = "auto",
+    geometry_backend: str = "auto",
     has_cuda: bool | None = None,
     open3d_cuda: bool | None = None,
 ) -> DevicePlan:
     """Each stage's device: its own setting, or the resolved top-level ``compute`` device
-    for a stage left at ``auto``."""
+    for a stage left at ``auto``. The geometry follows a CUDA top level onto the GPU with
+    open3d where its build has CUDA, else with the torch grid (unless ``geometry_backend``
+    insists on open3d: then it stays on the CPU, and a note says why)."""
     top = resolve_compute_device(compute, has_cuda)
     notes: list[str] = []
 
     def torch_stage(setting: str) -> str:
         return top if setting == "auto" else setting
 
+    grid = geometry_backend
     if geometry != "auto":
         geo = geometry
     elif top == "cuda":
         has_o3d = open3d_has_cuda() if open3d_cuda is None else open3d_cuda
-        geo = "CUDA:0" if has_o3d else "CPU:0"
-        if not has_o3d:
-            notes.append("geometry on CPU:0: this open3d build has no CUDA (the gpu extra)")
+        if has_o3d:
+            geo = "CUDA:0"
+            grid = "open3d" if grid == "auto" else grid
+        elif grid == "open3d":
+            geo = "CPU:0"
+            notes.append(
+                "geometry on CPU:0: geometry.backend is open3d and this open3d build has no "
+                "CUDA (the gpu extra's open3d, or geometry.backend auto/torch)"
+            )
+        else:
+            geo, grid = "CUDA:0", "torch"
+            notes.append("geometry on CUDA:0 through the torch TSDF: this open3d has no CUDA")
     else:
         geo = "CPU:0"
     return DevicePlan(
@@ -137,4 +153,5 @@ def plan_devices(
         lmm=torch_stage(lmm),
         view=torch_stage(view),
         notes=tuple(notes),
+        geometry_backend=grid,
     )

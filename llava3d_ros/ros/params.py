@@ -546,6 +546,7 @@ def apply_device_plan(
         encoder=_encoder_device_setting(backend, encoder),
         memory=config.memory.device,
         geometry=config.geometry.device,
+        geometry_backend=config.geometry.backend,
         lmm=settings.lmm.device,
         view=settings.view.device,
         has_cuda=has_cuda,
@@ -562,7 +563,9 @@ def apply_device_plan(
     config = dataclasses.replace(
         config,
         memory=dataclasses.replace(config.memory, device=plan.memory),
-        geometry=dataclasses.replace(config.geometry, device=plan.geometry),
+        geometry=dataclasses.replace(
+            config.geometry, device=plan.geometry, backend=plan.geometry_backend
+        ),
     )
     settings = dataclasses.replace(
         settings,

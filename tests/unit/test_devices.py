@@ -40,9 +40,16 @@ def test_every_auto_stage_goes_to_the_gpu_and_explicit_ones_stay() -> None:
     assert not plan.notes
     mixed = plan_devices("cuda", memory="cpu", geometry="CPU:0", has_cuda=True, open3d_cuda=True)
     assert (mixed.encoder, mixed.memory, mixed.geometry) == ("cuda", "cpu", "CPU:0")
-    # A CPU-only open3d keeps the TSDF on the CPU, and the plan says why.
+    assert plan.geometry_backend == "open3d"
+    # A CPU-only open3d (its default wheel, a Jetson): the TSDF goes to the GPU on the
+    # torch grid, and the plan says why; insisting on open3d keeps it on the CPU.
     cpu_o3d = plan_devices("cuda", has_cuda=True, open3d_cuda=False)
-    assert cpu_o3d.geometry == "CPU:0" and "open3d" in cpu_o3d.summary()
+    assert (cpu_o3d.geometry, cpu_o3d.geometry_backend) == ("CUDA:0", "torch")
+    assert "geometry CUDA:0 (torch)" in cpu_o3d.summary() and "open3d" in cpu_o3d.summary()
+    forced = plan_devices("cuda", geometry_backend="open3d", has_cuda=True, open3d_cuda=False)
+    assert forced.geometry == "CPU:0" and "geometry.backend is open3d" in forced.summary()
+    torch_grid = plan_devices("cuda", geometry_backend="torch", has_cuda=True, open3d_cuda=True)
+    assert (torch_grid.geometry, torch_grid.geometry_backend) == ("CUDA:0", "torch")
     everything_cpu = plan_devices("cpu", has_cuda=True, open3d_cuda=True)
     assert {everything_cpu.encoder, everything_cpu.memory, everything_cpu.lmm} == {"cpu"}
     assert everything_cpu.geometry == "CPU:0"
@@ -61,6 +68,11 @@ def test_the_node_configuration_carries_the_plan(backend: str) -> None:
     assert plan.compute == "cuda" and plan.encoder == "cuda"
     assert enc["device"] == "cuda" and cfg.memory.device == "cuda"
     assert cfg.geometry.device == "CUDA:0" and s.lmm.device == "cuda" and s.view.device == "cuda"
+    assert cfg.geometry.backend == "open3d"
+    _, _, on_torch, _ = apply_device_plan(
+        "auto", encoder, config, settings, has_cuda=True, open3d_cuda=False
+    )
+    assert (on_torch.geometry.device, on_torch.geometry.backend) == ("CUDA:0", "torch")
     if backend == "dinov2_onnx":  # the default CPU provider becomes CUDA (then CPU)
         assert enc["providers"] == ["cuda", "cpu"]
     assert isinstance(cfg, PipelineConfig)

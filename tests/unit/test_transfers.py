@@ -64,10 +64,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
     return create_encoders({"backend": "hf_clip", "model": str(clip)})
 
 
-def _keyframe_counts(bundle, device: str, frames: int = 4):  # type: ignore[no-untyped-def]
+def _keyframe_counts(bundle, device: str, frames: int = 4, grid: str = "auto"):  # type: ignore[no-untyped-def]
     cfg = pl.PipelineConfig.from_dict(
         {
             "memory": {"voxel_size": 0.1, "device": device},
+            "geometry": {"device": "CUDA:0" if device == "cuda" else "CPU:0", "backend": grid},
             "keyframes": {"max_interval_s": 0.0},
             "objects": {"update_period_s": 3600.0},
         }
@@ -95,17 +96,21 @@ def test_a_keyframe_on_the_cpu_needs_few_syncs(bundle) -> None:  # type: ignore[
 
 
 def test_a_keyframe_on_cuda_copies_only_one_way(tmp_path: Path) -> None:
-    """Encoder on the GPU, memory on the GPU: the frame, its depth and pose go up (lifting
-    runs on the device), the object layer's fp16 copy of the patch features comes down
-    once; nothing makes a round trip, and the syncs are the CPU run's. On the real GPU
-    where there is one, else on the emulated one (placement and traffic, not kernels)."""
+    """Encoder, memory and TSDF (the torch grid) on the GPU: the frame, its depth and pose
+    go up (lifting and the TSDF run on the device), the object layer's fp16 copy of the
+    patch features and the keys of the blocks the frame touched (the host keeps the
+    blocks' bookkeeping) come down once; nothing makes a round trip, and the syncs are the
+    CPU run's. On the real GPU where there is one, else on the emulated one (placement and
+    traffic, not kernels)."""
     clip = make_tiny_clip(tmp_path / "clip")
     cpu = create_encoders({"backend": "hf_clip", "model": str(clip), "device": "cpu"})
-    on_cpu = _keyframe_counts(cpu, "cpu")
+    on_cpu = _keyframe_counts(cpu, "cpu", grid="torch")
     with cuda_or_emulated():
         gpu = create_encoders({"backend": "hf_clip", "model": str(clip), "device": "cuda"})
-        on_gpu = _keyframe_counts(gpu, "cuda")
+        on_gpu = _keyframe_counts(gpu, "cuda", grid="torch")
     for g, c in zip(on_gpu[1:], on_cpu[1:], strict=True):
-        assert g.d2h <= 2, g.where  # the object layer's feature copy
-        assert g.h2d <= 4, g.where  # pixels, depth, pose, robot position
+        assert g.d2h <= 2, g.where  # the feature copy, the touched blocks' keys
+        # Lifting: pixels, depth, pose, robot position; the TSDF: depth (uint16), colour,
+        # its two transforms in one, the occupancy grid's corner.
+        assert g.h2d <= 8, g.where
         assert g.scalar_reads + g.data_dependent == c.scalar_reads + c.data_dependent
