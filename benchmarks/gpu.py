@@ -324,9 +324,7 @@ def lift_fuse_ms(scene: Scene, dev: torch.device, runs: int) -> float:
     return median_ms(step, runs, dev)
 
 
-def geometry_ms(
-    scene: Scene, device: str, backend: str, runs: int
-) -> tuple[float, float, TsdfMap]:
+def geometry_ms(scene: Scene, device: str, backend: str, runs: int) -> tuple[float, float, TsdfMap]:
     """(ms per integrated frame, ms per surface extraction of the whole walk, the map)."""
     tsdf = TsdfMap(GeometryConfig(device=device, backend=backend))
     sync = torch.device("cuda" if device.startswith("CUDA") and backend == "torch" else "cpu")

@@ -100,6 +100,57 @@ def test_language_models_on_the_device_generate_the_cpu_tokens(tmp_path: Path) -
         assert c.h2d <= n + 4, c.where  # the prompt's tensors, then each token fed back
 
 
+def test_the_tsdf_on_the_device_fuses_as_on_the_cpu() -> None:
+    """The torch TSDF grid on the device: the CPU run's blocks, weights, colours and
+    surface (exactly on the emulated device; within float tolerances on a GPU), a
+    snapshot of it loads on the CPU, and per frame the host sends the frame up once and
+    reads back only the touched blocks' keys."""
+    from llava3d_ros.core.objects.tsdf import GeometryConfig, TsdfMap
+    from tests.unit.test_scene_geometry import K, _scene_depth, pose
+
+    def run(device: str) -> tuple[TsdfMap, list[Any]]:
+        m = TsdfMap(GeometryConfig(device=device, backend="torch", max_weight=3))
+        rng = np.random.default_rng(0)
+        counts = []
+        for i in range(24):  # past max_weight + slack: weights get clipped on the device
+            t = pose((0.02 * i - 0.2, 0.01 * i, 0.0), yaw=0.02 * i - 0.2)
+            rgb = rng.integers(0, 256, (*K.shape, 3), dtype=np.uint8)
+            depth = _scene_depth(t, rng)
+            with TransferMeter() as meter:
+                m.integrate(depth, rgb, K, t, 0.1 * i)
+            counts.append(meter.counts)
+        return m, counts
+
+    cpu, _ = run("CPU:0")
+    with cuda_or_emulated() as kind:
+        gpu, counts = run("CUDA:0")
+        assert gpu.memory_bytes == cpu.memory_bytes
+        surface = gpu.surface()
+        header, tensors = gpu.state()
+    (_, want), reference = cpu.state(), cpu.surface()
+    assert int(want["weight"].max()) <= 3 + TsdfMap.weight_slack
+    assert np.array_equal(tensors["block_coords"], want["block_coords"])
+    if kind == "emulated":
+        for name in want:
+            assert np.array_equal(tensors[name], want[name]), name
+        assert np.array_equal(surface.points, reference.points)
+        assert np.array_equal(surface.normals, reference.normals)
+    else:  # other kernels: a voxel at a pixel edge may see the neighbouring pixel
+        assert np.mean(tensors["weight"] == want["weight"]) > 0.999
+        assert abs(len(surface) - len(reference)) <= len(reference) // 100
+    back = TsdfMap.from_state(header, tensors, GeometryConfig(device="CPU:0", backend="torch"))
+    assert len(back.surface()) == len(surface) > 5000
+    for c in counts[1:]:
+        # Depth, colour, the transforms, the occupancy corner; on a frame that clips
+        # weights (every weight_slack frames a block), the clipped blocks' keys.
+        assert c.h2d <= 5, c.where
+        assert c.d2h == 1, c.where  # the touched blocks' keys
+        assert c.syncs <= 10, c.where
+    # No block passes max_weight + slack before its 20th frame: no clipping up to there.
+    for c in counts[1:19]:
+        assert c.h2d == 4 and c.syncs <= 6, c.where
+
+
 def _walkthrough(frames: int) -> tuple[dict[str, Any], list[Any], Any]:
     from llava3d_ros.sim import render as _render  # noqa: F401  (EGL before OpenGL)
     from llava3d_ros.sim.bag import BagConfig, Walkthrough

@@ -40,9 +40,10 @@ Choices (measured on rendered rooms, 100 VGA frames, Kinect-like noise; this 2-c
   is integrated, so the grid holds at most ``max_blocks`` blocks; open3d's storage starts
   at 2048 blocks and doubles when full (open3d preallocates and zeroes its whole capacity:
   176 MiB and 0.9 s for 30k blocks); the torch grid reserves ``max_blocks`` at once with
-  ``torch.empty`` (11 bytes a voxel; host pages are committed as blocks are used). Evicted blocks are erased from the hash map; open3d
-  hands an erased block's buffer to the next new block unchanged (measured: weights
-  carried over), so it is zeroed first.
+  ``torch.empty`` (11 bytes a voxel; host pages are committed as blocks are used).
+  Evicted blocks are erased from the hash map; open3d hands an erased block's buffer to
+  the next new block unchanged (measured: weights carried over), so it is zeroed first
+  (the torch grid zeroes a slot when it hands it out).
 - Block bookkeeping (last update stamp, weight bound per block) lives in host numpy arrays
   keyed by the packed block coordinate (sorted, ``searchsorted``), not in open3d buffer
   indices, which change when a table rehashes.

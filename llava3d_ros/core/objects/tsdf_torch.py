@@ -228,8 +228,8 @@ class TorchBlockGrid:
             vk.in_range(np.stack([origin, origin + side - 1]), margin=1).all()
         )
         if dense:
-            org = torch.as_tensor(origin, dtype=torch.long).to(self.device)
-            sides = torch.tensor([side * side, side, 1], dtype=torch.long, device=self.device)
+            corner = np.concatenate([origin, [side * side, side, 1]])  # one copy up
+            org, sides = torch.as_tensor(corner, dtype=torch.long).to(self.device).split(3)
             cells = side**3
             occupied = torch.zeros(cells + 1, dtype=torch.bool, device=self.device)
             for c in samples:
