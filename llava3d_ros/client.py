@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -43,10 +44,12 @@ import rclpy
 from llava3d_interfaces.action import Ask, Describe, Ground, Segment
 from llava3d_interfaces.msg import ObjectList
 from rclpy.action import ActionClient
+from rclpy.action.client import ClientGoalHandle
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_services_default
+from unique_identifier_msgs.msg import UUID
 
 T = TypeVar("T")
 
@@ -229,6 +232,28 @@ class LockedActionClient(ActionClient):
             pass  # a send in progress on another thread finishes registering first
         await super().execute(taken_data)
 
+    def wait_until_answering(self, timeout_sec: float = 30.0, probe_s: float = 0.5) -> bool:
+        """``wait_for_server``, then a round trip the server can answer harmlessly: a
+        result request for an unknown goal (answered STATUS_UNKNOWN), repeated until one
+        is answered. Needs the node spun by an executor.
+
+        ``wait_for_server`` only says this client has discovered the server. The server
+        may not have discovered this client's reply readers yet, and Fast DDS then drops
+        the reply after a short wait ("failed to send response (timeout)"): under load a
+        first goal was lost that way. Endpoints are announced in the order they were
+        created, and the goal reply reader is created before the result one, so once a
+        result reply arrives the goal reply can arrive too."""
+        deadline = time.monotonic() + timeout_sec
+        if not self.wait_for_server(timeout_sec=timeout_sec):
+            return False
+        while time.monotonic() < deadline:
+            probe = ClientGoalHandle(self, UUID(uuid=list(uuid.uuid4().bytes)), None)
+            if wait_future(
+                self._get_result_async(probe), min(probe_s, deadline - time.monotonic())
+            ):
+                return True
+        return False
+
 
 class QueryHandle(Generic[T]):
     """A goal in flight: ``result(timeout)``, ``done()``, ``cancel()``. Thread-safe."""
@@ -335,12 +360,18 @@ class Llava3DClient:
             self._thread.join(timeout=5.0)
 
     def wait_for_server(self, timeout: float = 30.0) -> bool:
-        """True once all four action servers are reachable."""
+        """True once all four action servers are reachable; with the client's own
+        executor, once each has answered a round trip (a first goal's reply cannot then be
+        dropped for discovery still under way: ``LockedActionClient.wait_until_answering``)."""
         deadline = time.monotonic() + timeout
-        return all(
-            c.wait_for_server(timeout_sec=max(0.0, deadline - time.monotonic()))
-            for c in (self._ground, self._ask, self._describe, self._segment)
-        )
+
+        def ready(c: LockedActionClient) -> bool:
+            left = max(0.0, deadline - time.monotonic())
+            if self._executor is not None:
+                return c.wait_until_answering(timeout_sec=left)
+            return bool(c.wait_for_server(timeout_sec=left))
+
+        return all(ready(c) for c in (self._ground, self._ask, self._describe, self._segment))
 
     # ------------------------------------------------------------------ conversion
 

@@ -19,7 +19,7 @@ SERVER = ["-m", "tests.integration.scripted_ground_server"]
 def _connect(client_side, start_process):  # type: ignore[no-untyped-def]
     server = start_process(SERVER, name="ground_server")
     client = LockedActionClient(client_side.node, Ground, "/llava3d/ground")
-    assert client.wait_for_server(timeout_sec=30.0), server.log_text()
+    assert client.wait_until_answering(timeout_sec=30.0), server.log_text()
     return server, client
 
 

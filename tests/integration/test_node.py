@@ -70,7 +70,7 @@ class NodeUnderTest:
         self.ask = LockedActionClient(node, Ask, "/llava3d/ask")
         self.describe = LockedActionClient(node, Describe, "/llava3d/describe")
         self.player = RgbdPlayer(node)
-        assert self.ground.wait_for_server(timeout_sec=60.0), self.proc.log_text()
+        assert self.ground.wait_until_answering(timeout_sec=60.0), self.proc.log_text()
         wait_until(self.player.subscribers_ready, 30.0, "node subscriptions")
         wait_until(lambda: len(self.stats) > 0, 30.0, "memory stats")
 
