@@ -76,7 +76,7 @@ from numpy.typing import NDArray
 
 from llava3d_ros.core import voxel_keys as vk
 from llava3d_ros.core.devices import cuda_available, open3d_has_cuda
-from llava3d_ros.core.geometry import CameraIntrinsics, invert_transform
+from llava3d_ros.core.geometry import CameraIntrinsics, invert_transform, validate_transform
 from llava3d_ros.core.objects.tsdf_open3d import OPEN3D_MISSING, Open3dBlockGrid
 from llava3d_ros.core.objects.tsdf_torch import TorchBlockGrid
 from llava3d_ros.core.options import check_options, option
@@ -242,10 +242,12 @@ class BlockGrid(Protocol):
         self,
         depth_mm: NDArray[np.uint16],
         k_matrix: NDArray[np.float64],
+        t_map_camera: NDArray[np.float64],
         t_cam_map: NDArray[np.float64],
     ) -> tuple[NDArray[np.int64], Any]:
         """(sorted keys of the blocks a frame updates, the frame as :meth:`integrate`
-        takes it)."""
+        takes it); the camera pose and its inverse are both given (each grid needs one or
+        both, the map has both)."""
         ...
 
     def integrate(self, frame: Any, rgb: NDArray[np.uint8] | None) -> None: ...
@@ -432,7 +434,8 @@ class TsdfMap:
                 raise ValueError(
                     f"rgb must be uint8 {(*intrinsics.shape, 3)}, got {rgb.dtype} {rgb.shape}"
                 )
-        t_cam_map = invert_transform(t_map_camera)
+        t_map_cam = validate_transform(t_map_camera, "t_map_camera")
+        t_cam_map = invert_transform(t_map_cam)
         stamp = float(stamp_s)
         if not math.isfinite(stamp):
             raise ValueError(f"stamp must be finite, got {stamp_s}")
@@ -454,7 +457,7 @@ class TsdfMap:
             ev = {"capacity": 0, "radius": 0, "age": 0}
             touched = new = 0
             if valid:
-                keys, frame = self._grid.touched(mm, intrinsics.as_matrix(), t_cam_map)
+                keys, frame = self._grid.touched(mm, intrinsics.as_matrix(), t_map_cam, t_cam_map)
                 touched = int(keys.size)
                 pos = np.searchsorted(self._keys, keys)
                 found = pos < self._keys.size

@@ -84,6 +84,7 @@ class Open3dBlockGrid:
         self,
         depth_mm: NDArray[np.uint16],
         k_matrix: NDArray[np.float64],
+        t_map_camera: NDArray[np.float64],
         t_cam_map: NDArray[np.float64],
     ) -> tuple[NDArray[np.int64], Any]:
         k = o3c.Tensor(k_matrix, o3c.float64)

@@ -118,9 +118,6 @@ class TorchBlockGrid:
         return self.capacity * self.res**3 * _BYTES_PER_VOXEL
 
     # -- slots --------------------------------------------------------------------------
-    def _lookup(self, keys: torch.Tensor) -> torch.Tensor:
-        return self._table.lookup(keys)
-
     def _allocate(self, keys: torch.Tensor) -> torch.Tensor:
         """Slots for absent unique keys, indexed and zeroed (a reused slot holds the last
         block's voxels)."""
@@ -144,7 +141,7 @@ class TorchBlockGrid:
         return slots
 
     def _slots_of(self, keys: NDArray[np.int64]) -> torch.Tensor:
-        slots = self._lookup(torch.as_tensor(keys, dtype=torch.long).to(self.device))
+        slots = self._table.lookup(torch.as_tensor(keys, dtype=torch.long).to(self.device))
         if bool((slots < 0).any()):  # pragma: no cover - bookkeeping bug
             raise RuntimeError("TSDF block bookkeeping is out of step with the grid")
         return slots
@@ -186,6 +183,7 @@ class TorchBlockGrid:
         self,
         depth_mm: NDArray[np.uint16],
         k_matrix: NDArray[np.float64],
+        t_map_camera: NDArray[np.float64],
         t_cam_map: NDArray[np.float64],
     ) -> tuple[NDArray[np.int64], _Frame]:
         """Keys (sorted) of the blocks a sampled pixel's ray crosses within ``sdf_trunc`` of
@@ -200,9 +198,8 @@ class TorchBlockGrid:
         # uint16 crosses as int16 bits (torch's uint16 lacks most kernels).
         raw = torch.from_numpy(np.ascontiguousarray(depth_mm).view(np.int16)).to(self.device)
         depth = (raw.to(torch.int32) & 0xFFFF).to(torch.float32) * 1e-3
-        t_map_cam = np.linalg.inv(t_cam_map)
         # Both transforms in one copy.
-        both = torch.as_tensor(np.stack([t_map_cam, t_cam_map]), dtype=torch.float32)
+        both = torch.as_tensor(np.stack([t_map_camera, t_cam_map]), dtype=torch.float32)
         pose, extrinsics = both.to(self.device).unbind(0)
         rays = self._pixel_rays((fx, fy, cx, cy), h, w) @ pose[:3, :3].T
         s = TOUCH_STRIDE
@@ -223,7 +220,7 @@ class TorchBlockGrid:
         reach = (self.max_depth_m + self.sdf_trunc) * math.sqrt(1.0 + ex * ex + ey * ey)
         radius = math.ceil(reach / bs) + 1
         side = 2 * radius + 1
-        origin = np.floor(t_map_cam[:3, 3] / bs).astype(np.int64) - radius
+        origin = np.floor(t_map_camera[:3, 3] / bs).astype(np.int64) - radius
         dense = side**3 <= _MAX_OCCUPANCY_CELLS and bool(
             vk.in_range(np.stack([origin, origin + side - 1]), margin=1).all()
         )
@@ -261,7 +258,7 @@ class TorchBlockGrid:
         keys = frame.keys
         if keys.numel() == 0:
             return
-        slots = self._lookup(keys)
+        slots = self._table.lookup(keys)
         new = slots < 0
         if bool(new.any()):
             slots = slots.clone()
@@ -350,7 +347,7 @@ class TorchBlockGrid:
         ncoords = (coords[:, None, :] + self._offsets27[None]).reshape(-1, 3)
         inside = vk.in_range(ncoords)
         nkeys = torch.where(inside, vk.pack(ncoords.clamp(vk.COORD_MIN, vk.COORD_MAX)), 0)
-        neighbours = torch.where(inside, self._lookup(nkeys), -1).reshape(-1, 27)
+        neighbours = torch.where(inside, self._table.lookup(nkeys), -1).reshape(-1, 27)
 
         def at(
             rows: torch.Tensor, local: torch.Tensor, step: tuple[int, int, int]
