@@ -512,6 +512,19 @@ def test_touched_blocks_by_occupancy_grid_and_by_sort_agree(
 
 
 @one_backend()
+def test_surface_extraction_in_passes_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large maps are extracted a few blocks at a time: same points, same order."""
+    m = TsdfMap(cfg())
+    _fuse_scene(m, frames=3)
+    whole = m.surface()
+    monkeypatch.setattr(tsdf_torch, "_EXTRACT_CHUNK", 7)
+    passes = m.surface()
+    assert m.num_blocks > 10 * 7 and len(whole) > 1000
+    for name in ("points", "normals", "colors"):
+        assert np.array_equal(getattr(whole, name), getattr(passes, name)), name
+
+
+@one_backend()
 def test_torch_grid_reserves_its_capacity_and_reuses_freed_slots() -> None:
     m = TsdfMap(cfg(max_blocks=100))
     assert m.memory_bytes == 100 * 8**3 * (4 + 4 + 3)

@@ -47,6 +47,8 @@ TOUCH_SAMPLES = 4
 # range of tens of metres with small blocks.
 _MAX_OCCUPANCY_CELLS = 1 << 24
 _BYTES_PER_VOXEL = 4 + 4 + 3
+# Blocks per pass of the surface extraction (~35 kB of scratch a block at R = 8).
+_EXTRACT_CHUNK = 2048
 
 
 def torch_device_name(geometry_device: str) -> str:
@@ -104,13 +106,29 @@ class TorchBlockGrid:
         ar = torch.arange(r, device=d)
         zz, yy, xx = torch.meshgrid(ar, ar, ar, indexing="ij")
         self._local = torch.stack([xx, yy, zz], -1).reshape(n, 3)
-        self._strides = torch.tensor([1, r, r * r], dtype=torch.long, device=d)
-        # Neighbour steps, made once (a tensor built per call is a copy to the device):
-        # the 27 neighbouring blocks in (x, y, z) order with their code weights, and every
-        # voxel step in [-1, 2]^3 at (x + 1) * 16 + (y + 1) * 4 + (z + 1).
+        self._local_float = self._local.to(torch.float32)  # voxel offsets in a block, for integrate
+        # Surface extraction reads each block with its neighbourhood, padded to P = R + 3
+        # voxels a side (local coordinates -1 .. R + 1; flat index (z * P + y) * P + x):
+        # for each padded voxel, which of the 27 neighbouring blocks holds it (in
+        # _offsets27's order) and where in that block. Made once (a tensor built per call
+        # is a copy to the device).
         self._offsets27 = torch.tensor(list(np.ndindex(3, 3, 3)), dtype=torch.long, device=d) - 1
-        self._code_weights = torch.tensor([9, 3, 1], dtype=torch.long, device=d)
-        self._steps = torch.tensor(list(np.ndindex(4, 4, 4)), dtype=torch.long, device=d) - 1
+        p = r + 3
+        pz, py, px = np.meshgrid(*[np.arange(-1, r + 2)] * 3, indexing="ij")
+        padded = np.stack([px, py, pz], -1).reshape(-1, 3)  # (P^3, 3) local x, y, z
+        block = np.floor_divide(padded, r)
+        inner = padded - block * r
+        code = (block + 1) @ np.array([9, 3, 1])
+        flat = (inner[:, 2] * r + inner[:, 1]) * r + inner[:, 0]
+        self._pad_code = torch.as_tensor(code, dtype=torch.long).to(d)
+        self._pad_flat = torch.as_tensor(flat, dtype=torch.long).to(d)
+        local = self._local.cpu().numpy() + 1
+        interior = (local[:, 2] * p + local[:, 1]) * p + local[:, 0]
+        self._pad_interior = torch.as_tensor(interior, dtype=torch.long).to(d)
+        self._pad_step_list = [1, p, p * p]  # +x, +y, +z in the padded index
+        self._pad_steps = torch.tensor(self._pad_step_list, dtype=torch.long, device=d)
+        self._pad_around = torch.tensor([1, -1, p, -p, p * p, -p * p], dtype=torch.long, device=d)
+        self._units = torch.eye(3, dtype=torch.float32, device=d)
         self._rays: tuple[tuple[Any, ...], torch.Tensor] | None = None
 
     @property
@@ -266,34 +284,38 @@ class TorchBlockGrid:
         r, vs = self.res, self.voxel_size
         h, w = frame.depth.shape
         fx, fy, cx, cy = frame.k
-        voxels = (vk.unpack(keys)[:, None, :] * r + self._local[None]).to(torch.float32) * vs
-        cam = voxels @ frame.t_cam_map[:3, :3].T + frame.t_cam_map[:3, 3]
-        z = cam[..., 2]
-        zs = torch.where(z > 0, z, torch.ones_like(z))
-        uf = cam[..., 0] / zs * fx + cx
-        vf = cam[..., 1] / zs * fy + cy
+        # A voxel's camera coordinates are its block corner's plus its offset in the block,
+        # each rotated once: K + R^3 products, not K * R^3, and no (K, R^3, 3) tensor.
+        rot, trans = frame.t_cam_map[:3, :3], frame.t_cam_map[:3, 3]
+        corner = (vk.unpack(keys) * r).to(torch.float32) * vs @ rot.T + trans  # (K, 3)
+        offset = (self._local_float * vs) @ rot.T  # (R^3, 3)
+        x, y, z = (corner[:, i, None] + offset[:, i] for i in range(3))  # (K, R^3) each
+        zs = torch.where(z > 0, z, 1.0)
+        uf = x / zs * fx + cx
+        vf = y / zs * fy + cy
         seen = (z > 0) & (uf >= 0) & (uf <= w - 1) & (vf >= 0) & (vf <= h - 1)
-        pix = torch.where(seen, vf.long() * w + uf.long(), torch.zeros_like(z, dtype=torch.long))
-        d = frame.depth.reshape(-1)[pix]
+        pix = (vf.long() * w + uf.long()).masked_fill_(~seen, 0).view(-1)
+        d = frame.depth.view(-1).index_select(0, pix).view_as(z)
         sdf = d - z
         upd = seen & (d > 0) & (d <= self.max_depth_m) & (sdf >= -self.sdf_trunc)
         obs = torch.clamp(sdf / self.sdf_trunc, max=1.0)
 
-        weight = self._weight[slots]
+        weight = self._weight.index_select(0, slots)
         wf = weight.to(torch.float32)
         total = wf + 1.0
-        tsdf = self._tsdf[slots]
-        self._tsdf[slots] = torch.where(upd, (tsdf * wf + obs) / total, tsdf)
-        self._weight[slots] = weight + upd.to(torch.int32)
+        tsdf = self._tsdf.index_select(0, slots)
+        self._tsdf.index_copy_(0, slots, torch.where(upd, (tsdf * wf + obs) / total, tsdf))
+        self._weight.index_copy_(0, slots, weight + upd.to(torch.int32))
         if rgb is not None:
             host = np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # torch wants both
-            colour = torch.from_numpy(host).to(self.device).reshape(-1, 3)
-            old = self._color[slots]
-            mixed = (old.to(torch.float32) * wf[..., None] + colour[pix].to(torch.float32)) / total[
-                ..., None
-            ]
+            colour = torch.from_numpy(host).to(self.device).view(-1, 3)
+            seen_colour = colour.index_select(0, pix).view(*z.shape, 3).to(torch.float32)
+            old = self._color.index_select(0, slots)
+            mixed = (old.to(torch.float32) * wf[..., None] + seen_colour) / total[..., None]
             # Truncated like open3d's (so both grids hold the same colours).
-            self._color[slots] = torch.where(upd[..., None], mixed.to(torch.uint8), old)
+            self._color.index_copy_(
+                0, slots, torch.where(upd[..., None], mixed.to(torch.uint8), old)
+            )
 
     def clip_weights(self, keys: NDArray[np.int64], cap: int) -> None:
         slots = self._slots_of(keys)
@@ -332,83 +354,90 @@ class TorchBlockGrid:
     def extract(
         self, weight_threshold: float
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-        """Zero crossings between voxels (both weights above the threshold) along +x, +y
-        and +z: (points, normals (not normalised), colours 0..1) on the host. Normals are
-        the TSDF's central-difference gradient (0 outside allocated blocks), interpolated
-        like the point."""
+        """Zero crossings between voxels (both weights above the threshold, which is >= 0)
+        along +x, +y and +z: (points, normals (not normalised), colours 0..1) on the host,
+        ordered by axis, then block, then voxel. Normals are the TSDF's central-difference
+        gradient (0 outside allocated blocks), interpolated like the point.
+
+        Each block is read once into a padded (R + 3)^3 neighbourhood (one voxel before it,
+        two after: a crossing's far voxel and its gradient), so crossings are slices and
+        the gradients a few gathers, whichever block a neighbour lies in."""
         empty = np.zeros((0, 3), dtype=np.float32)
         live = torch.nonzero(self._slot_keys[: self._n_used] >= 0).squeeze(1)
         if live.numel() == 0:
             return empty, empty.copy(), empty.copy()
-        r = self.res
         coords = vk.unpack(self._slot_keys[live])
-        # The slot of each block's 27 neighbours (-1: absent): a voxel's neighbour is then
-        # two gathers, whichever block it falls in.
+        # The slot of each block's 27 neighbours (-1: absent).
         ncoords = (coords[:, None, :] + self._offsets27[None]).reshape(-1, 3)
         inside = vk.in_range(ncoords)
         nkeys = torch.where(inside, vk.pack(ncoords.clamp(vk.COORD_MIN, vk.COORD_MAX)), 0)
         neighbours = torch.where(inside, self._table.lookup(nkeys), -1).reshape(-1, 27)
-
-        def at(
-            rows: torch.Tensor, local: torch.Tensor, step: tuple[int, int, int]
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            """(slot (-1: no block), flat voxel index) of ``local + step`` in the blocks of
-            ``rows``; steps in [-1, 2] reach at most one block away."""
-            pos = local + self._steps[(step[0] + 1) * 16 + (step[1] + 1) * 4 + step[2] + 1]
-            blk = torch.div(pos, r, rounding_mode="floor")
-            pos = pos - blk * r
-            code = ((blk + 1) * self._code_weights).sum(dim=-1)
-            return neighbours[rows, code], (pos * self._strides).sum(dim=-1)
-
-        def tsdf_at(
-            rows: torch.Tensor, local: torch.Tensor, step: tuple[int, int, int]
-        ) -> torch.Tensor:
-            slot, flat = at(rows, local, step)
-            return torch.where(slot >= 0, self._tsdf[slot.clamp(min=0), flat], 0.0)
-
-        def gradient(rows: torch.Tensor, local: torch.Tensor, base: list[int]) -> torch.Tensor:
-            parts = []
-            for axis in range(3):
-                fwd, back = list(base), list(base)
-                fwd[axis] += 1
-                back[axis] -= 1
-                parts.append(
-                    tsdf_at(rows, local, (fwd[0], fwd[1], fwd[2]))
-                    - tsdf_at(rows, local, (back[0], back[1], back[2]))
-                )
-            return torch.stack(parts, dim=-1)
-
-        # Only voxels above the threshold can start a crossing.
-        rows, vox = torch.nonzero(self._weight[live] > weight_threshold, as_tuple=True)
-        t0 = self._tsdf[live[rows], vox]
-        local = self._local[vox]
-        points, normals, colors = [], [], []
-        for axis in range(3):
-            step = [0, 0, 0]
-            step[axis] = 1
-            nslot, nflat = at(rows, local, (step[0], step[1], step[2]))
-            ns = nslot.clamp(min=0)
-            t1 = self._tsdf[ns, nflat]
-            cross = (nslot >= 0) & (self._weight[ns, nflat] > weight_threshold) & (t0 * t1 < 0)
-            hit = torch.nonzero(cross).squeeze(1)
-            if hit.numel() == 0:
-                continue
-            hr, hl = rows[hit], local[hit]
-            a, b = t0[hit], t1[hit]
-            ratio = (a / (a - b))[:, None]
-            unit = self._steps[(step[0] + 1) * 16 + (step[1] + 1) * 4 + step[2] + 1]
-            g = (coords[hr] * r + hl).to(torch.float32)
-            points.append((g + ratio * unit.to(torch.float32)) * self.voxel_size)
-            n0 = gradient(hr, hl, [0, 0, 0])
-            n1 = gradient(hr, hl, step)
-            normals.append((1.0 - ratio) * n0 + ratio * n1)
-            c0 = self._color[live[hr], vox[hit]].to(torch.float32)
-            c1 = self._color[ns[hit], nflat[hit]].to(torch.float32)
-            colors.append(((1.0 - ratio) * c0 + ratio * c1) / 255.0)
-        if not points:
+        parts = [
+            self._crossings(
+                neighbours[s : s + _EXTRACT_CHUNK],
+                coords[s : s + _EXTRACT_CHUNK],
+                live[s : s + _EXTRACT_CHUNK],
+                weight_threshold,
+            )
+            for s in range(0, int(live.numel()), _EXTRACT_CHUNK)
+        ]
+        axis, points, normals, colors = (torch.cat(p) for p in zip(*parts, strict=True))
+        if len(parts) > 1:  # chunks come block-major: back to axis-major
+            order = torch.argsort(axis, stable=True)
+            points, normals, colors = points[order], normals[order], colors[order]
+        if points.shape[0] == 0:
             return empty, empty.copy(), empty.copy()
-        return (
-            torch.cat(points).cpu().numpy(),
-            torch.cat(normals).cpu().numpy(),
-            torch.cat(colors).cpu().numpy(),
-        )
+        return points.cpu().numpy(), normals.cpu().numpy(), colors.cpu().numpy()
+
+    def _crossings(
+        self,
+        neighbours: torch.Tensor,
+        coords: torch.Tensor,
+        slots: torch.Tensor,
+        weight_threshold: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(axis, points, normals, colours) of the crossings in the blocks at ``slots``
+        (block coordinates ``coords``, neighbour slots ``neighbours`` (M, 27))."""
+        n, r, p = self.res**3, self.res, self.res + 3
+        m = int(neighbours.shape[0])
+        pad_slot = neighbours.index_select(1, self._pad_code)  # (M, P^3)
+        absent = pad_slot < 0
+        # In place: this pass's scratch is the padding times M (absent voxels read slot 0's).
+        index = pad_slot.clamp_(min=0).mul_(n).add_(self._pad_flat).view(-1)
+        tsdf = self._tsdf.view(-1).index_select(0, index).view(m, -1).masked_fill_(absent, 0.0)
+        # Absent voxels count as weight 0, which no threshold passes.
+        weight = self._weight.view(-1).index_select(0, index).view(m, -1)
+        ok = (weight > weight_threshold).masked_fill_(absent, False)
+        del pad_slot, index, absent, weight
+        # The blocks' own voxels and their +x, +y, +z neighbours are slices of the padding.
+        vol, okv = tsdf.view(m, p, p, p), ok.view(m, p, p, p)
+        own = (slice(None), slice(1, r + 1), slice(1, r + 1), slice(1, r + 1))
+        t0, ok0 = vol[own], okv[own]
+        cross = []
+        for axis in (2, 1, 0):  # x, y, z: the last, middle and first of (z, y, x)
+            shifted = list(own)
+            shifted[1 + axis] = slice(2, r + 2)
+            t1, ok1 = vol[tuple(shifted)], okv[tuple(shifted)]
+            cross.append(ok0 & ok1 & (t0 * t1 < 0))
+        axis_of, rows, z, y, x = torch.nonzero(torch.stack(cross), as_tuple=True)
+        vox = (z * r + y) * r + x  # storage order, as the blocks hold their voxels
+        first = rows * p**3 + ((z + 1) * p + (y + 1)) * p + (x + 1)
+        second = first + self._pad_steps[axis_of]
+        flat_tsdf = tsdf.view(-1)
+        a, b = flat_tsdf.index_select(0, first), flat_tsdf.index_select(0, second)
+        ratio = (a / (a - b))[:, None]
+        grid = (coords[rows] * r + torch.stack([x, y, z], 1)).to(torch.float32)
+        points = (grid + ratio * self._units[axis_of]) * self.voxel_size
+        # Central differences at both ends: (H, 2 ends, 3 axes x forward/back).
+        ends = torch.stack([first, second], 1)
+        around = flat_tsdf.index_select(0, (ends[:, :, None] + self._pad_around).view(-1))
+        around = around.view(-1, 2, 6)
+        grad = around[..., 0::2] - around[..., 1::2]
+        normals = (1.0 - ratio) * grad[:, 0] + ratio * grad[:, 1]
+        colours = self._color.view(-1, 3)
+        c0 = colours.index_select(0, slots[rows] * n + vox).to(torch.float32)
+        far = second - rows * p**3
+        far_slot = neighbours[rows, self._pad_code[far]]
+        c1 = colours.index_select(0, far_slot * n + self._pad_flat[far]).to(torch.float32)
+        colors = ((1.0 - ratio) * c0 + ratio * c1) / 255.0
+        return axis_of, points, normals, colors
