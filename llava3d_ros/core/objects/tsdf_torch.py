@@ -122,11 +122,7 @@ class TorchBlockGrid:
         flat = (inner[:, 2] * r + inner[:, 1]) * r + inner[:, 0]
         self._pad_code = torch.as_tensor(code, dtype=torch.long).to(d)
         self._pad_flat = torch.as_tensor(flat, dtype=torch.long).to(d)
-        local = self._local.cpu().numpy() + 1
-        interior = (local[:, 2] * p + local[:, 1]) * p + local[:, 0]
-        self._pad_interior = torch.as_tensor(interior, dtype=torch.long).to(d)
-        self._pad_step_list = [1, p, p * p]  # +x, +y, +z in the padded index
-        self._pad_steps = torch.tensor(self._pad_step_list, dtype=torch.long, device=d)
+        self._pad_steps = torch.tensor([1, p, p * p], dtype=torch.long, device=d)  # +x, +y, +z
         self._pad_around = torch.tensor([1, -1, p, -p, p * p, -p * p], dtype=torch.long, device=d)
         self._units = torch.eye(3, dtype=torch.float32, device=d)
         self._rays: tuple[tuple[Any, ...], torch.Tensor] | None = None
