@@ -9,7 +9,10 @@ block passes through it, so it sees
   ``_local_scalar_dense``): on a GPU each one waits for the stream and copies back;
 - operators whose output size depends on the data (``nonzero``, ``unique``,
   ``masked_select``, indexing with a boolean mask...): on a GPU they synchronise to learn
-  that size.
+  that size;
+- every operator that does device work (not a view or a bare allocation): in eager mode
+  on a GPU each is at least one kernel launch, a few microseconds of host time whatever
+  its size, so small-tensor code such as hash probing is bounded by these, not by the GPU.
 
 On the CPU nothing crosses a device, but the scalar reads and data-dependent operators are
 the same calls a GPU run would make, so a CPU count is what the GPU would pay in syncs.
@@ -39,6 +42,9 @@ _DATA_DEPENDENT = {
     "repeat_interleave",
 }
 
+# Operators that only allocate or describe memory: no kernel runs.
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach"}
+
 # x[mask] and x[mask] = v: a nonzero inside, which torch does not dispatch again.
 _MASK_INDEXING = {"index", "index_put", "index_put_", "_index_put_impl_"}
 
@@ -62,6 +68,7 @@ class TransferCounts:
     d2h_bytes: int = 0
     scalar_reads: int = 0
     data_dependent: int = 0
+    launches: int = 0  # operators doing device work (see the module docstring)
     where: Counter[str] = field(default_factory=Counter)  # op name -> calls (syncs, copies)
 
     @property
@@ -74,7 +81,7 @@ class TransferCounts:
         return (
             f"{self.h2d} host->device ({self.h2d_bytes / 1e6:.2f} MB), {self.d2h} "
             f"device->host ({self.d2h_bytes / 1e6:.2f} MB), {self.scalar_reads} scalar reads, "
-            f"{self.data_dependent} data-dependent sizes"
+            f"{self.data_dependent} data-dependent sizes, {self.launches} operator launches"
         )
 
 
@@ -96,6 +103,8 @@ class TransferMeter(TorchDispatchMode):
         out = func(*args, **kwargs)
         name = func.overloadpacket.__name__
         c = self.counts
+        if not func.is_view and name not in _NO_KERNEL:
+            c.launches += 1
         if name in _COPIES:
             if name == "_to_copy":
                 src, dst = args[0], out

@@ -1,5 +1,5 @@
 """The voxel hash table against a Python dict: random inserts, lookups and erases, with
-ordinary hashing (the masked rounds resolve nearly everything) and with every key hashed
+ordinary hashing (the probe windows resolve nearly everything) and with every key hashed
 to a few buckets (long probe chains: the compacting fallback), including tombstone reuse."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_long_probe_chains_take_the_fallback_and_stay_correct(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     table = VoxelHashTable(200, torch.device("cpu"))
-    # Three buckets for every key: chains far longer than the masked rounds.
+    # Three buckets for every key: chains far longer than the probe windows.
     monkeypatch.setattr(table, "_hash", lambda keys: (keys % 3) * 7)
     _exercise(table, np.random.default_rng(1), 40)
 
@@ -66,3 +66,20 @@ def test_a_lookup_of_resolved_keys_does_not_wait_mid_probe() -> None:
         slots = table.lookup(keys)
     assert torch.equal(slots, torch.arange(3000))
     assert meter.counts.syncs == 1, meter.counts.where  # the one check after the rounds
+
+
+def test_probing_launches_a_bounded_number_of_operators() -> None:
+    """Probes are read in windows: the operator count of a lookup (a kernel launch each on
+    a GPU) does not grow with the keys or the probes, nor that of a keyframe-sized insert
+    (a few hundred new voxels, no key left for the compacting loop)."""
+    table = VoxelHashTable(10_000, torch.device("cpu"))
+    keys = torch.arange(0, 3000, dtype=torch.long) * 7919
+    table.insert(keys, torch.arange(3000))
+    fresh = torch.arange(3000, 3300, dtype=torch.long) * 7919
+    with TransferMeter() as meter:
+        table.insert(fresh, torch.arange(300))
+    assert meter.counts.launches <= 90 and meter.counts.data_dependent == 0, meter.counts.where
+    for asked in (keys[:10], keys, keys + 1):  # few, many, all absent
+        with TransferMeter() as meter:
+            table.lookup(asked)
+        assert meter.counts.launches <= 32, meter.counts.where

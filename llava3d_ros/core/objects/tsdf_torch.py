@@ -126,6 +126,9 @@ class TorchBlockGrid:
         self._pad_around = torch.tensor([1, -1, p, -p, p * p, -p * p], dtype=torch.long, device=d)
         self._units = torch.eye(3, dtype=torch.float32, device=d)
         self._rays: tuple[tuple[Any, ...], torch.Tensor] | None = None
+        self._touch_fractions = torch.tensor(
+            [step / (TOUCH_SAMPLES - 1) for step in range(TOUCH_SAMPLES)], device=d
+        )
 
     @property
     def memory_bytes(self) -> int:
@@ -222,10 +225,11 @@ class TorchBlockGrid:
         near = torch.clamp(sparse - self.sdf_trunc, min=0.0)
         far = torch.clamp(sparse + self.sdf_trunc, max=self.max_depth_m)
         bs = self.voxel_size * self.res
-        samples = []
-        for step in range(TOUCH_SAMPLES):
-            t = near + (far - near) * (step / (TOUCH_SAMPLES - 1))
-            samples.append(torch.floor((rays * t + pose[:3, 3]) / bs).long())
+        # All TOUCH_SAMPLES depths of every sampled ray at once: (N * TOUCH_SAMPLES, 3).
+        t = near + (far - near) * self._touch_fractions
+        samples = torch.floor((rays[:, None, :] * t[..., None] + pose[:3, 3]) / bs).long()
+        samples = samples.reshape(-1, 3)
+        valid = valid[:, None].expand(-1, TOUCH_SAMPLES).reshape(-1)
 
         # Every sampled block lies within `reach` of the camera: the farthest ray to
         # max_depth plus the truncation band.
@@ -243,21 +247,15 @@ class TorchBlockGrid:
             org, sides = torch.as_tensor(corner, dtype=torch.long).to(self.device).split(3)
             cells = side**3
             occupied = torch.zeros(cells + 1, dtype=torch.bool, device=self.device)
-            for c in samples:
-                local = c - org
-                ok = valid & ((local >= 0) & (local < side)).all(dim=1)
-                occupied[torch.where(ok, (local * sides).sum(dim=1), cells)] = True
+            local = samples - org
+            ok = valid & ((local >= 0) & (local < side)).all(dim=1)
+            occupied[torch.where(ok, (local * sides).sum(dim=1), cells)] = True
             flat = torch.nonzero(occupied[:cells]).squeeze(1)
             coords = torch.stack([flat // (side * side), (flat // side) % side, flat % side], 1)
             keys = vk.pack(coords + org)  # flat order is x, y, z order: sorted
         else:
-            parts = [
-                torch.where(
-                    valid & vk.in_range(c), vk.pack(c.clamp(vk.COORD_MIN, vk.COORD_MAX)), -1
-                )
-                for c in samples
-            ]
-            keys = torch.unique(torch.cat(parts))
+            packed = vk.pack(samples.clamp(vk.COORD_MIN, vk.COORD_MAX))
+            keys = torch.unique(torch.where(valid & vk.in_range(samples), packed, -1))
             keys = keys[keys >= 0]
         frame = _Frame(
             keys,
