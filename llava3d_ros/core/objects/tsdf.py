@@ -6,7 +6,7 @@ dense ``block_resolution``^3 blocks of voxels with a TSDF (float32, distance /
 truncation), a weight and a colour. Two grids implement :class:`BlockGrid` with the same
 conventions, so they fuse the same field (``tests/unit/test_scene_geometry.py`` compares
 them) and load each other's snapshots: open3d's tensor ``VoxelBlockGrid``
-(:mod:`.tsdf_open3d`; the default on the CPU, 2.5x faster there) and a torch one
+(:mod:`.tsdf_open3d`; the default on the CPU, 1.2-2x faster there) and a torch one
 (:mod:`.tsdf_torch`; any torch device, so the geometry runs on a GPU where open3d has no
 CUDA, as on every Jetson, and without open3d at all). ``geometry.backend`` chooses;
 ``auto`` takes open3d where it runs on the geometry device. This module keeps what both
@@ -53,9 +53,8 @@ Choices (measured on rendered rooms, 100 VGA frames, Kinect-like noise; this 2-c
 
 Measured (``benchmarks/segmentation.py``, 36 rooms, open3d's grid): integration 5-7 ms per
 VGA frame (p50), surface extraction 37-45 ms for 90-250 k points (3-6 k blocks, 18-36
-MiB). The torch grid on this CPU (held-out seeds 2000-2002, noisy): 17 ms per frame and
-170 ms per extraction against open3d's 6.9 and 59 ms in the same run, with the same
-segmentation scores on seeds 2000-2011.
+MiB). The torch grid on this CPU (held-out seeds 2000-2011, noisy): 10.9 ms per frame and
+56 ms per extraction against open3d's 5.6 and 46 ms, with the same segmentation scores.
 
 One lock guards the grid: the ingest thread integrates, a segmentation worker reads
 :meth:`TsdfMap.surface` (a copy) while integration goes on. No ROS imports.

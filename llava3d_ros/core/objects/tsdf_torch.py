@@ -379,8 +379,6 @@ class TorchBlockGrid:
         if len(parts) > 1:  # chunks come block-major: back to axis-major
             order = torch.argsort(axis, stable=True)
             points, normals, colors = points[order], normals[order], colors[order]
-        if points.shape[0] == 0:
-            return empty, empty.copy(), empty.copy()
         return points.cpu().numpy(), normals.cpu().numpy(), colors.cpu().numpy()
 
     def _crossings(
@@ -415,8 +413,10 @@ class TorchBlockGrid:
             cross.append(ok0 & ok1 & (t0 * t1 < 0))
         axis_of, rows, z, y, x = torch.nonzero(torch.stack(cross), as_tuple=True)
         vox = (z * r + y) * r + x  # storage order, as the blocks hold their voxels
-        first = rows * p**3 + ((z + 1) * p + (y + 1)) * p + (x + 1)
-        second = first + self._pad_steps[axis_of]
+        # Padded index of the crossing's two voxels, and in the whole (M, P^3) scratch.
+        near = ((z + 1) * p + (y + 1)) * p + (x + 1)
+        beyond = near + self._pad_steps[axis_of]
+        first, second = rows * p**3 + near, rows * p**3 + beyond
         flat_tsdf = tsdf.view(-1)
         a, b = flat_tsdf.index_select(0, first), flat_tsdf.index_select(0, second)
         ratio = (a / (a - b))[:, None]
@@ -430,8 +430,7 @@ class TorchBlockGrid:
         normals = (1.0 - ratio) * grad[:, 0] + ratio * grad[:, 1]
         colours = self._color.view(-1, 3)
         c0 = colours.index_select(0, slots[rows] * n + vox).to(torch.float32)
-        far = second - rows * p**3
-        far_slot = neighbours[rows, self._pad_code[far]]
-        c1 = colours.index_select(0, far_slot * n + self._pad_flat[far]).to(torch.float32)
+        far_slot = neighbours[rows, self._pad_code[beyond]]
+        c1 = colours.index_select(0, far_slot * n + self._pad_flat[beyond]).to(torch.float32)
         colors = ((1.0 - ratio) * c0 + ratio * c1) / 255.0
         return axis_of, points, normals, colors
